@@ -1,0 +1,29 @@
+# Set-up, pipeline and tests. Every target creates .venv and installs the
+# pinned environment first when it is missing or out of date.
+
+VENV := .venv
+BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 || command -v python3)
+INSTALLED := $(VENV)/.installed
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup repro test bench mlflow-ui clean
+
+setup: $(INSTALLED)
+
+$(INSTALLED): requirements.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+repro: $(INSTALLED)
+	dvc repro
+
+test: $(INSTALLED)
+	python -m pytest
+
+clean:
+	rm -rf $(VENV) dvc_plots .pytest_cache
