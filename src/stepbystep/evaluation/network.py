@@ -1,4 +1,5 @@
 """NumPy views of small networks: equivalent linear weights and activation functions.
+
 They feed :mod:`stepbystep.reports.network_figures`. They take weights as
 NumPy arrays in PyTorch's ``nn.Linear`` layout, ``(out_features, in_features)``,
 so callers pass ``layer.weight.detach().cpu().numpy()`` and this module needs
