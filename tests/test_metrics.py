@@ -449,14 +449,19 @@ def test_metrics_json_is_byte_identical(tmp_path):
 
 
 def test_json_text_ignores_noise_below_rounding():
-    noisy = {"b": {"roc_auc": 0.9479166666, "val_loss": np.float32(0.1)}, "a": {"n_parameters": np.int64(3)}}
+    noisy = {
+        "b": {"roc_auc": 0.9479166666, "val_loss": np.float32(0.1)},
+        "a": {"n_parameters": np.int64(3)},
+    }
     clean = {"a": {"n_parameters": 3}, "b": {"val_loss": 0.1, "roc_auc": 0.9479166667}}
 
     assert writers.to_json_text(noisy) == writers.to_json_text(clean)
 
 
 def test_json_text_layout():
-    text = writers.to_json_text({"z": {"confusion_matrix": [[9, 1], [2, 8]], "f1": 2 / 3, "zero": -0.0}, "a": {}})
+    metrics = {"z": {"confusion_matrix": [[9, 1], [2, 8]], "f1": 2 / 3, "zero": -0.0}, "a": {}}
+
+    text = writers.to_json_text(metrics)
 
     assert text == (
         "{\n"
@@ -505,8 +510,9 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
 
 def test_metrics_module_imports_numpy_only():
     code = (
-        "import sys, stepbystep.evaluation; "
-        "print(sorted(name for name in ('torch', 'sklearn', 'matplotlib', 'pandas') if name in sys.modules))"
+        "import sys, stepbystep.evaluation\n"
+        "heavy = ('torch', 'sklearn', 'matplotlib', 'pandas')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
@@ -538,7 +544,7 @@ def test_roc_curve_rows_cover_every_model():
     rows = plot_data.roc_curve_rows(scores)
 
     flipped = [row for row in rows if row["model"] == "flipped"]
-    assert [row["model"] for row in rows[:1]] == ["logistic"]
+    assert rows[0]["model"] == "logistic"
     assert len(rows) == len(flipped) + len(skm.roc_curve(y_true, y_prob, drop_intermediate=False)[0])
     np.testing.assert_allclose([row["fpr"] for row in flipped], fpr)
     np.testing.assert_allclose([row["tpr"] for row in flipped], tpr)
