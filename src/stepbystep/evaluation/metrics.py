@@ -461,7 +461,9 @@ def regression_metrics(
         truths = dict(true_coefficients or {})
         unknown = sorted(set(truths) - set(coefficients))
         if unknown:
-            raise ValueError(f"true_coefficients has names {unknown} that are missing from coefficients")
+            raise ValueError(
+                f"true_coefficients has names {unknown} that are missing from coefficients"
+            )
         table: dict[str, dict[str, float]] = {}
         for name, value in coefficients.items():
             table[name] = {"learned": _check_float(value, f"coefficient {name}")}

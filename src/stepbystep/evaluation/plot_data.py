@@ -81,7 +81,9 @@ def roc_curve_rows(scores: Mapping[str, ScoredLabels]) -> list[dict[str, Any]]:
 
 
 def pr_curve_rows(scores: Mapping[str, ScoredLabels]) -> list[dict[str, Any]]:
-    """Build precision-recall points of several models: ``model``, ``recall``, ``precision``, ``threshold``.
+    """Build precision-recall points of several models.
+
+    Each row has ``model``, ``recall``, ``precision`` and ``threshold``.
 
     ``scores`` maps each model name to ``(y_true, y_score)``. Points keep the
     curve's order (thresholds increasing), ending at recall 0 without a threshold.

@@ -60,7 +60,9 @@ def to_plain(value: Any, digits: int = SIGNIFICANT_DIGITS, *, where: str = "valu
             str(key): to_plain(item, digits, where=f"{where}.{key}") for key, item in value.items()
         }
     if isinstance(value, Sequence):
-        return [to_plain(item, digits, where=f"{where}[{index}]") for index, item in enumerate(value)]
+        return [
+            to_plain(item, digits, where=f"{where}[{index}]") for index, item in enumerate(value)
+        ]
     raise ValueError(f"{where} has type {type(value).__name__}, which JSON cannot represent")
 
 
