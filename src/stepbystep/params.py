@@ -59,6 +59,7 @@ class TrackingParams(Section):
     """MLflow settings."""
 
     experiment_name: Annotated[str, Field(min_length=1, max_length=200)]
+    tensorboard: bool = Field(description="write TensorBoard logs under runs/<model>")
 
 
 # --- generate_data -----------------------------------------------------------

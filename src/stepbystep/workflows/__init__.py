@@ -1,0 +1,1 @@
+"""What each stage does, end to end: the functions that stage scripts call."""

@@ -1,0 +1,317 @@
+"""Train one model of the pipeline: data, preprocessing, model, trainer, resume, tracking and outputs.
+
+The training stages call :func:`train_regression` and :func:`train_classifier`.
+Each run
+
+1. loads the dataset and its split, and fits the preprocessing on the training rows;
+2. builds the model from params and a trainer around it;
+3. resumes from the last resume checkpoint of the same configuration, if a
+   killed run left one under ``.resume/`` at the project root (DVC deletes a
+   stage's outputs before running it, so they cannot hold it);
+4. trains, writing a resume checkpoint every ``checkpoint_every`` epochs, with
+   MLflow and TensorBoard as callbacks;
+5. writes the outputs: ``model.pt`` (the final checkpoint with the metadata that
+   evaluation needs to rebuild model and preprocessing), ``losses.csv`` and
+   ``run.json`` (the MLflow run id), then deletes the resume checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stepbystep import files
+from stepbystep.data.layout import dataset_dir, split_path
+from stepbystep.data.loading import SplitData, load_split_data, make_loaders
+from stepbystep.data.preprocessing import Preprocessing
+from stepbystep.errors import UserError
+from stepbystep.params import ClassifierParams, Params, TrainingParams
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+LOSSES_FILE = "losses.csv"
+RUN_FILE = "run.json"
+RESUME_DIR = ".resume"
+TENSORBOARD_DIR = "runs"
+
+
+class TrainingFailed(UserError):
+    """Training stopped on a problem the user can fix, such as a diverging loss."""
+
+
+def project_root() -> Path:
+    """Return the DVC project root: ``DVC_ROOT`` when DVC runs the stage, else the current folder.
+
+    Inside ``dvc exp run --temp`` or ``--queue`` the stage runs in a temporary
+    copy that DVC deletes afterwards, but ``DVC_ROOT`` still names the main
+    project, so files written under this root survive the experiment.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to build and train one model, and to rebuild it for evaluation."""
+
+    name: str
+    task: str  # "regression" or "binary"
+    stage: str
+    config: dict[str, Any]
+    training: TrainingParams
+    seed: int
+    experiment_name: str
+    tensorboard: bool = True
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(metadata: dict[str, Any]) -> nn.Module:
+    """Rebuild the untrained model described by a checkpoint's metadata."""
+    from stepbystep.models import build_classifier, build_regression_model
+
+    config = metadata["config"]
+    if metadata["task"] == "regression":
+        return build_regression_model(metadata["n_inputs"], config["model_seed"])
+    return build_classifier(
+        n_inputs=metadata["n_inputs"],
+        hidden_sizes=config["hidden_sizes"],
+        activation=config["activation"],
+        bias=config["bias"],
+        output=config["output"],
+        seed=config["model_seed"],
+        flatten=metadata["kind"] == "images",
+    )
+
+
+def _n_inputs(data: SplitData, preprocessing: Preprocessing) -> int:
+    if preprocessing.n_features is not None:
+        return preprocessing.n_features
+    return int(np.prod(data.train_features.shape[1:]))
+
+
+def _fingerprint(spec: ModelSpec, data: SplitData) -> str:
+    """Return a hash of the configuration and the data, naming this run's resume checkpoint.
+
+    A resume checkpoint is used only by a run with the same params, seeds and
+    data, so experiments that run in parallel never pick up each other's.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"config": spec.config, "seed": spec.seed}, sort_keys=True).encode())
+    for array in (data.train_features, data.train_targets, data.val_features, data.val_targets):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _losses_csv(history: dict[str, list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", "train_loss", "val_loss"])
+    for epoch, (train_loss, val_loss) in enumerate(zip(history["train_loss"], history["val_loss"]), start=1):
+        writer.writerow([epoch, repr(float(train_loss)), "" if val_loss is None else repr(float(val_loss))])
+    return buffer.getvalue()
+
+
+def train_model(
+    spec: ModelSpec,
+    data: SplitData,
+    preprocessing: Preprocessing,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loaders: tuple[Any, Any],
+    output_dir: Path,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` as ``spec`` says, resuming when possible, and write the outputs to ``output_dir``.
+
+    Returns the metadata stored in ``model.pt``. Raises :class:`TrainingFailed`
+    when the loss diverges; then no output is written.
+    """
+    from stepbystep.training import CheckpointCallback, Trainer, TrainingDiverged
+    from stepbystep.training.checkpoint import CheckpointError
+
+    root = project_root()
+    train_loader, val_loader = loaders
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.training.lr)
+    trainer = Trainer(
+        model,
+        loss_fn,
+        optimizer,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        clip_grad_norm=spec.training.clip_grad_norm,
+        early_stopping_patience=spec.training.early_stopping_patience,
+        track_gradients=True,
+    )
+
+    metadata = {
+        "name": spec.name,
+        "task": spec.task,
+        "kind": data.kind,
+        "stage": spec.stage,
+        "config": spec.config,
+        "seed": spec.seed,
+        "n_inputs": _n_inputs(data, preprocessing),
+        "input_shape": list(data.train_features.shape[1:]),
+        "preprocessing": preprocessing.state_dict(),
+        "dataset": data.info,
+        "n_parameters": trainer.count_parameters(),
+        **spec.extra_metadata,
+    }
+
+    resume_folder = root / RESUME_DIR / spec.name
+    fingerprint = _fingerprint(spec, data)
+    resume_file = resume_folder / f"{fingerprint}.pt"
+    resume_run_file = resume_folder / f"{fingerprint}.run"
+
+    # Seeding first and loading second lets a resumed run overwrite every RNG
+    # state with the saved one, while a fresh run starts from the seed.
+    trainer.set_seed(spec.seed)
+    resumed_from = None
+    if resume_file.exists():
+        try:
+            trainer.load_checkpoint(resume_file)
+            resumed_from = resume_run_file.read_text().strip() if resume_run_file.exists() else None
+            logger.info("%s: resuming at epoch %d from %s", spec.name, trainer.total_epochs, resume_file)
+        except CheckpointError as error:
+            logger.warning("%s: ignoring unusable resume checkpoint: %s", spec.name, error)
+            trainer.set_seed(spec.seed)
+
+    trainer.add_callback(CheckpointCallback(resume_file, every=spec.training.checkpoint_every, metadata=metadata))
+    if spec.tensorboard:
+        from stepbystep.tracking.tensorboard import TensorBoardCallback
+
+        trainer.add_callback(TensorBoardCallback(root / TENSORBOARD_DIR / spec.name))
+
+    remaining = spec.training.epochs - trainer.total_epochs
+
+    def fit() -> None:
+        try:
+            trainer.train(max(remaining, 0))
+        except TrainingDiverged as error:
+            raise TrainingFailed(
+                f"{spec.name}: {error}. Fix: lower {spec.stage}.lr (now {spec.training.lr}) and run again"
+            ) from None
+
+    run_info: dict[str, Any] = {}
+    if track:
+        from stepbystep.tracking import mlflow_tracking
+
+        with mlflow_tracking.start_training_run(
+            experiment_name=spec.experiment_name,
+            model_name=spec.name,
+            stage_name=spec.stage,
+            params=spec.config,
+            resumed_from_run_id=resumed_from,
+        ) as run:
+            files.write_text(resume_run_file, run.info.run_id + "\n")
+            mlflow_tracking.log_history(trainer.history, trainer.total_epochs)
+            trainer.add_callback(
+                mlflow_tracking.MlflowCallback(
+                    checkpoint_every=spec.training.checkpoint_every, checkpoint_path_fn=lambda epoch: resume_file
+                )
+            )
+            fit()
+            final_checkpoint = output_dir / MODEL_FILE
+            trainer.save_checkpoint(final_checkpoint, metadata=metadata)
+            mlflow_tracking.log_final_checkpoint(final_checkpoint)
+            example = torch.as_tensor(preprocessing.transform(data.val_features[:5])).numpy()
+            mlflow_tracking.log_final_model(trainer.model, example)
+            mlflow_tracking.log_code_snapshot(root)
+            run_info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+    else:
+        fit()
+        trainer.save_checkpoint(output_dir / MODEL_FILE, metadata=metadata)
+
+    files.write_text(output_dir / LOSSES_FILE, _losses_csv(trainer.history))
+    files.write_json(output_dir / RUN_FILE, {"model": spec.name, "experiment_name": spec.experiment_name, **run_info})
+    resume_file.unlink(missing_ok=True)
+    resume_run_file.unlink(missing_ok=True)
+    logger.info(
+        "%s: trained %d epochs, train_loss=%.6f val_loss=%s",
+        spec.name,
+        trainer.total_epochs,
+        trainer.losses[-1] if trainer.losses else float("nan"),
+        trainer.val_losses[-1] if trainer.val_losses else None,
+    )
+    return metadata
+
+
+def train_regression(params: Params, output_dir: Path, track: bool = True) -> dict[str, Any]:
+    """Train the chapter 2 linear regression described by ``params.train_regression``."""
+    from stepbystep.models import build_regression_model
+
+    config = params.train_regression
+    data = load_split_data(dataset_dir(config.dataset), split_path(config.dataset))
+    if data.info["task"] != "regression":
+        raise UserError(
+            f"train_regression.dataset is {config.dataset!r}, a {data.info['task']} dataset. "
+            "Fix: name a regression dataset"
+        )
+    preprocessing = Preprocessing(kind="table", normalization="none")
+    model = build_regression_model(data.train_features.shape[1], config.model_seed)
+    loaders = make_loaders(data, preprocessing, config.batch_size)
+    spec = ModelSpec(
+        name="linear_regression",
+        task="regression",
+        stage="train_regression",
+        config=config.model_dump(),
+        training=config,
+        seed=params.seeds.training,
+        experiment_name=params.tracking.experiment_name,
+        tensorboard=params.tracking.tensorboard,
+    )
+    return train_model(spec, data, preprocessing, model, nn.MSELoss(reduction="mean"), loaders, output_dir, track)
+
+
+def train_classifier(params: Params, name: str, output_dir: Path, track: bool = True) -> dict[str, Any]:
+    """Train the binary classifier ``params.train_classifier[name]``."""
+    from stepbystep.models import binary_loss_fn, build_classifier
+
+    if name not in params.train_classifier:
+        known = ", ".join(sorted(params.train_classifier))
+        raise UserError(f"no classifier named {name!r} in train_classifier (declared: {known})")
+    config: ClassifierParams = params.train_classifier[name]
+    key = f"train_classifier.{name}"
+    data = load_split_data(dataset_dir(config.dataset), split_path(config.dataset))
+    if data.info["task"] != "binary":
+        raise UserError(
+            f"{key}.dataset is {config.dataset!r}, a {data.info['task']} dataset. Fix: name a binary dataset"
+        )
+    if data.kind == "images" and config.polynomial_degree > 1:
+        raise UserError(f"{key}.polynomial_degree applies to tables only. Fix: set it to 1")
+    if data.kind != "images" and config.horizontal_flip > 0:
+        raise UserError(f"{key}.horizontal_flip applies to images only. Fix: set it to 0.0")
+
+    preprocessing = Preprocessing.fit(data.kind, data.train_features, config.normalization, config.polynomial_degree)
+    loaders = make_loaders(data, preprocessing, config.batch_size, config.sampler, config.horizontal_flip)
+    model = build_classifier(
+        n_inputs=_n_inputs(data, preprocessing),
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        bias=config.bias,
+        output=config.output,
+        seed=config.model_seed,
+        flatten=data.kind == "images",
+    )
+    spec = ModelSpec(
+        name=name,
+        task="binary",
+        stage=f"train_classifier@{name}",
+        config=config.model_dump(),
+        training=config,
+        seed=params.seeds.training,
+        experiment_name=params.tracking.experiment_name,
+        tensorboard=params.tracking.tensorboard,
+    )
+    return train_model(spec, data, preprocessing, model, binary_loss_fn(config.output), loaders, output_dir, track)
