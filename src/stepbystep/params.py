@@ -99,6 +99,116 @@ class BuildImagesParams(Section):
     seed: Seed
 
 
+# --- import_data -------------------------------------------------------------
+
+# Dataset names the pipeline's own stages write under data/.
+RESERVED_DATASET_NAMES = ("regression", "moons", "images", "splits")
+
+
+class ImportDataParams(Section):
+    """User data to import as a dataset: a CSV table or an image folder with one subfolder per class."""
+
+    kind: Literal["table", "images"]
+    path: Annotated[str, Field(min_length=1)] = Field(description="file or folder, relative to the project root")
+    task: Literal["regression", "binary"]
+    positive_class: str | None = Field(
+        default=None, description="binary tasks: the target value or class folder labelled 1; all others are 0"
+    )
+    features: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, description="tables: input columns")
+    target: Annotated[str, Field(min_length=1)] | None = Field(default=None, description="tables: target column")
+    classes: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, description="images: class folders to import; null imports every subfolder"
+    )
+    image_size: list[PositiveInt] | None = Field(
+        default=None, description="images: [height, width] to resize to; null requires equal sizes"
+    )
+    channels: Literal[1, 3] | None = Field(default=None, description="images: 1 for grayscale, 3 for RGB")
+
+    @field_validator("positive_class", mode="before")
+    @classmethod
+    def _integer_to_text(cls, value: Any) -> Any:
+        # A CSV cell or a folder name is text, but YAML reads `positive_class: 1` as an integer.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _integers_to_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ImportDataParams:
+        path = Path(self.path)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(
+                f"path {self.path!r} must be relative to the project root and stay inside it, so that "
+                "DVC tracks it and experiments find it. Fix: copy or link the data into the project "
+                "and give its relative path"
+            )
+        if self.kind == "table":
+            self._check_table()
+        else:
+            self._check_images()
+        if self.task == "binary" and self.positive_class is None:
+            raise ValueError(
+                "task: binary needs positive_class, the class labelled 1. "
+                "Fix: add positive_class with a value of the target column or a class folder name"
+            )
+        if self.task == "regression" and self.positive_class is not None:
+            raise ValueError(
+                "positive_class applies only to task: binary. Fix: remove positive_class or set task to binary"
+            )
+        return self
+
+    def _check_table(self) -> None:
+        unused = [key for key in ("classes", "image_size", "channels") if getattr(self, key) is not None]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} apply only to kind: images. Fix: remove {', '.join(unused)}"
+            )
+        if not self.features or self.target is None:
+            raise ValueError(
+                "kind: table needs features (a list of column names) and target (one column name). "
+                "Fix: add features and target"
+            )
+        duplicates = sorted({name for name in self.features if self.features.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"features lists {duplicates[0]!r} twice. Fix: list every column once")
+        if self.target in self.features:
+            raise ValueError(
+                f"target column {self.target!r} is also listed in features, which would leak the "
+                "target into the inputs. Fix: remove it from features"
+            )
+
+    def _check_images(self) -> None:
+        unused = [key for key in ("features", "target") if getattr(self, key) is not None]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} apply only to kind: table. Fix: remove {', '.join(unused)}")
+        if self.task != "binary":
+            raise ValueError("kind: images supports task: binary only. Fix: set task to binary")
+        if self.channels is None:
+            raise ValueError("kind: images needs channels: 1 (grayscale) or 3 (RGB). Fix: add channels")
+        if self.image_size is not None and len(self.image_size) != 2:
+            raise ValueError(
+                f"image_size must be [height, width], got {len(self.image_size)} values. "
+                "Fix: set image_size to two numbers such as [28, 28], or to null"
+            )
+        if self.classes is not None:
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError("classes lists a folder twice. Fix: list every class folder once")
+            if len(self.classes) < 2:
+                raise ValueError(
+                    "classes must name at least 2 class folders for a binary task. "
+                    "Fix: add a class folder, or set classes to null to import every subfolder"
+                )
+            if self.positive_class is not None and self.positive_class not in self.classes:
+                raise ValueError(
+                    f"positive_class {self.positive_class!r} is not one of classes {self.classes}. "
+                    "Fix: add it to classes or choose one of them"
+                )
+
+
 # --- split -------------------------------------------------------------------
 
 
@@ -143,13 +253,6 @@ class TrainingParams(Section):
     early_stopping_patience: PositiveInt | None = None
 
 
-class TrainRegressionParams(TrainingParams):
-    dataset: Name
-
-
-# --- train_classifier --------------------------------------------------------
-
-
 class NormalizationParams(Section):
     """Feature scaling: fixed statistics, or statistics of the training split only."""
 
@@ -171,6 +274,17 @@ class NormalizationParams(Section):
                 "Fix: remove mean and std, or set method to fixed"
             )
         return self
+
+
+class TrainRegressionParams(TrainingParams):
+    dataset: Name
+    normalization: NormalizationParams = Field(
+        default=NormalizationParams(method="none"),
+        description="feature scaling; standardize uses statistics of the training split only",
+    )
+
+
+# --- train_classifier --------------------------------------------------------
 
 
 class ClassifierParams(TrainingParams):
@@ -217,6 +331,7 @@ class Params(Section):
     tracking: TrackingParams
     generate_data: GenerateDataParams
     build_images: BuildImagesParams
+    import_data: dict[Name, ImportDataParams]
     split: dict[Name, SplitParams]
     train_regression: TrainRegressionParams
     train_classifier: dict[Name, ClassifierParams]
@@ -228,6 +343,27 @@ class Params(Section):
         if not value:
             raise ValueError("declares no classifier. Fix: declare at least one model")
         return value
+
+    @field_validator("import_data")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, ImportDataParams]) -> dict[str, ImportDataParams]:
+        for name in value:
+            if name in RESERVED_DATASET_NAMES:
+                raise ValueError(
+                    f"declares a dataset named {name!r}, a name the pipeline's own stages write. "
+                    f"Fix: rename import_data.{name} (reserved: {', '.join(RESERVED_DATASET_NAMES)})"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _imports_are_split(self) -> Params:
+        for name in self.import_data:
+            if name not in self.split:
+                raise ValueError(
+                    f"import_data.{name} has no entry under split, so it cannot be trained on. "
+                    f"Fix: add split.{name}, for example a copy of split.moons"
+                )
+        return self
 
     @model_validator(mode="after")
     def _datasets_are_split(self) -> Params:
