@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stepbystep.tracking.tensorboard import TensorBoardCallback
-from stepbystep.training import Trainer
+from stepbystep.training import Callback, Trainer, TrainingDiverged
 
 
 def make_trainer(callbacks=()) -> Trainer:
@@ -57,6 +57,22 @@ def test_losses_continue_after_resume(tmp_path):
     assert [value for _, value in training] == pytest.approx(second.losses, rel=1e-6)
     assert [value for _, value in validation] == pytest.approx(second.val_losses, rel=1e-6)
     assert [step for step, _ in read_scalars(log_dir, "lr")] == [1, 2, 3, 4]
+
+
+def test_losses_survive_divergence(tmp_path):
+    class PoisonWeightsAtEpoch2(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 2:
+                with torch.no_grad():
+                    trainer.model[0].weight.fill_(float("nan"))
+
+    log_dir = tmp_path / "runs"
+    trainer = make_trainer(callbacks=[TensorBoardCallback(log_dir), PoisonWeightsAtEpoch2()])
+
+    with pytest.raises(TrainingDiverged):
+        trainer.train(5, seed=42)
+
+    assert [step for step, _ in read_scalars(log_dir / "loss_training", "loss")] == [1, 2]
 
 
 def test_graph_is_written_once(tmp_path):

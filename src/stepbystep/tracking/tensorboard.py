@@ -75,6 +75,10 @@ class TensorBoardCallback(Callback):
             if key in _LOSS_KEYS or key == "epoch" or isinstance(value, bool) or not isinstance(value, Real):
                 continue
             self.writer.add_scalar(key, value, global_step=epoch)
+        # SummaryWriter promises a flush only every flush_secs (120 s by default).
+        # Flushing here keeps the files current even when a later epoch raises,
+        # in which case on_train_end does not run.
+        self.writer.flush()
 
     def on_train_end(self, trainer: Trainer) -> None:
         self.writer.flush()
@@ -90,8 +94,8 @@ class TensorBoardCallback(Callback):
             if sample is None:
                 sample, _ = next(iter(trainer.train_loader))
             with warnings.catch_warnings():
-                # NOTE: add_graph traces with torch.jit.trace, which torch 2.14 marks as
-                # deprecated with a FutureWarning; the graph is still written.
+                # NOTE: add_graph traces with torch.jit.trace, which torch 2.14 deprecates
+                # with a FutureWarning. The graph is still written.
                 warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
                 self.writer.add_graph(model, sample.to(trainer.device))
         model.train(was_training)
