@@ -1,0 +1,655 @@
+"""MLflow tracking for the training and evaluation stages.
+
+A training stage wraps its work in :func:`start_training_run`, passes an
+:class:`MlflowCallback` to the trainer, and logs the final model and a code
+snapshot before the block ends::
+
+    with start_training_run("stepbystep", "moons_logistic", "train_classifier", config) as run:
+        trainer.add_callback(MlflowCallback(checkpoint_every=25, checkpoint_path_fn=lambda epoch: resume_file))
+        trainer.train(epochs)
+        log_final_model(trainer.model, x_example)
+        log_code_snapshot()
+
+The evaluation stage adds its metrics to the finished training runs with
+:func:`log_metrics_to_run` and records one comparison run per evaluation with
+:func:`start_comparison_run`. Where runs go is decided in
+:mod:`stepbystep.tracking.mlflow_store`. MLflow is imported on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from numbers import Real
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stepbystep.errors import UserError
+from stepbystep.tracking.mlflow_store import (
+    DEFAULT_EXPERIMENT_NAME,
+    artifact_location,
+    call_with_retries,
+    check_tracking_server,
+    connect,
+    get_or_create_experiment,
+    import_mlflow,
+    project_root,
+    tracking_uri,
+)
+from stepbystep.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from mlflow import ActiveRun, MlflowClient
+    from mlflow.models.model import ModelInfo
+
+    from stepbystep.training.trainer import Trainer
+
+__all__ = [
+    "CODE_PATHS",
+    "DEFAULT_EXPERIMENT_NAME",
+    "MlflowCallback",
+    "RunTerminated",
+    "artifact_location",
+    "check_tracking_server",
+    "epoch_metrics",
+    "flatten_params",
+    "get_or_create_experiment",
+    "log_code_snapshot",
+    "log_comparison_run",
+    "log_final_checkpoint",
+    "log_final_model",
+    "log_history",
+    "log_metrics_to_run",
+    "project_root",
+    "start_comparison_run",
+    "start_training_run",
+    "tracking_uri",
+]
+
+logger = logging.getLogger(__name__)
+
+# MLflow 3.17 rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
+MAX_PARAM_VALUE_LENGTH = 6000
+_TRUNCATION_MARK = "...[truncated]"
+
+CODE_PATHS = ("src", "stages", "params.yaml", "dvc.yaml")
+_IGNORED_CODE = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+
+CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+EVALUATION_ARTIFACT_DIR = "evaluation"
+COMPARISON_ARTIFACT_DIR = "comparison"
+
+
+class RunTerminated(KeyboardInterrupt):
+    """Signal that SIGTERM arrived during a tracked run, a ``KeyboardInterrupt`` so that the run ends KILLED."""
+
+
+# ---------------------------------------------------------------------------
+# Params and tags
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into MLflow params: dotted keys, string values.
+
+    Lists and tuples become JSON (``[8, 4]``), an empty mapping becomes ``{}``
+    so that its key is kept, and other values become ``str(value)``. A pydantic
+    model is read with ``model_dump()``.
+    """
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "model_dump"):
+            value = value.model_dump(mode="json")
+        if isinstance(value, Mapping):
+            if value:
+                flat.update(flatten_params(value, prefix=f"{name}."))
+            else:
+                flat[name] = "{}"
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(list(value), default=str)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _limit_param_value(key: str, value: str) -> str:
+    if len(value) <= MAX_PARAM_VALUE_LENGTH:
+        return value
+    logger.warning(
+        "param %s has %d characters, more than MLflow's max of %d, so it is logged truncated",
+        key,
+        len(value),
+        MAX_PARAM_VALUE_LENGTH,
+    )
+    return value[: MAX_PARAM_VALUE_LENGTH - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK
+
+
+def git_commit(folder: str | os.PathLike[str] | None = None) -> str | None:
+    """Return ``git rev-parse HEAD`` in ``folder`` (default: the current directory), or ``None`` outside git."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder or Path.cwd(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None
+
+
+def _dvc_tags(stage_name: str) -> dict[str, str]:
+    """Return the DVC context tags. ``dvc_stage`` prefers ``DVC_STAGE``, which names a ``foreach`` item."""
+    values = {
+        "dvc_stage": os.environ.get("DVC_STAGE") or stage_name,
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+        "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
+        # The stage runs in the current directory, which under `dvc exp run
+        # --temp` is the temporary copy checked out at the baseline commit.
+        "git_commit": git_commit(),
+    }
+    return {key: value for key, value in values.items() if value}
+
+
+def _run_name(name: str) -> str:
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{experiment}-{name}" if experiment else name
+
+
+# ---------------------------------------------------------------------------
+# Run lifetime
+
+
+@contextlib.contextmanager
+def _sigterm_raises_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`RunTerminated` in the main thread while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        raise RunTerminated(f"received signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _end_active_run(run_id: str, status: str, failing: bool) -> None:
+    """End the active run ``run_id`` with ``status``.
+
+    While another error propagates (``failing``), a failure here is logged, not raised.
+    """
+    mlflow = import_mlflow()
+    try:
+        call_with_retries(lambda: mlflow.end_run(status), f"ending MLflow run {run_id} as {status}")
+    except Exception:
+        if not failing:
+            raise
+        logger.exception("failed to end MLflow run %s as %s", run_id, status)
+
+
+@contextlib.contextmanager
+def _tracked_run(run: ActiveRun) -> Iterator[ActiveRun]:
+    """End ``run`` FINISHED when the block succeeds, KILLED on an interrupt or SIGTERM, FAILED on other exceptions."""
+    try:
+        with _sigterm_raises_interrupt():
+            yield run
+    except KeyboardInterrupt:
+        logger.warning("MLflow run %s interrupted, marking it KILLED", run.info.run_id)
+        _end_active_run(run.info.run_id, "KILLED", failing=True)
+        raise
+    except BaseException:
+        _end_active_run(run.info.run_id, "FAILED", failing=True)
+        raise
+    _end_active_run(run.info.run_id, "FINISHED", failing=False)
+
+
+def _start_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> ActiveRun:
+    mlflow = import_mlflow()
+    return call_with_retries(
+        lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)),
+        f"starting the MLflow run {run_name!r}",
+    )
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    entries = [Param(key, _limit_param_value(key, value)) for key, value in params.items()]
+    if entries:
+        call_with_retries(lambda: client.log_batch(run_id, params=entries), f"logging params to run {run_id}")
+
+
+@contextlib.contextmanager
+def start_training_run(
+    experiment_name: str,
+    model_name: str,
+    stage_name: str,
+    params: Mapping[str, Any],
+    resumed_from_run_id: str | None = None,
+    project_root: str | os.PathLike[str] | None = None,
+) -> Iterator[ActiveRun]:
+    """Start the MLflow run of one model's training, yield it, and end it with the outcome's status.
+
+    The run is named ``<DVC_EXP_NAME>-<model_name>``, or ``model_name`` outside
+    ``dvc exp run``, and tagged with ``model_name``, ``run_type``, the DVC context
+    (``dvc_stage``, ``dvc_exp_name``, ``dvc_baseline_rev``), ``git_commit`` and,
+    for a resumed training, ``resumed_from``. ``params``, the model's resolved
+    config, is logged flattened (see :func:`flatten_params`).
+
+    The run ends FINISHED when the block succeeds, KILLED on ``KeyboardInterrupt``
+    or SIGTERM (raised in the block as :class:`RunTerminated`), and FAILED on any
+    other exception, which is re-raised. Raises :class:`UserError` before
+    starting when the tracking server does not respond.
+    """
+    uri = connect(project_root)
+    experiment_id = get_or_create_experiment(experiment_name, uri, project_root)
+    mlflow = import_mlflow()
+
+    tags = {"model_name": model_name, "run_type": "training", **_dvc_tags(stage_name)}
+    if resumed_from_run_id:
+        tags["resumed_from"] = resumed_from_run_id
+
+    run = _start_run(experiment_id, _run_name(model_name), tags)
+    logger.info(
+        "MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name, experiment_name, uri
+    )
+    with _tracked_run(run):
+        _log_params(mlflow.MlflowClient(uri), run.info.run_id, flatten_params(params))
+        yield run
+
+
+# ---------------------------------------------------------------------------
+# Metrics and checkpoints during training
+
+
+def epoch_metrics(logs: Mapping[str, Any], epoch: int, timestamp_ms: int | None = None) -> list[Any]:
+    """Return the real-number values of ``logs`` as MLflow metrics at ``step=epoch``.
+
+    ``None``, booleans, strings and other non-numbers are skipped, and so is the
+    ``epoch`` key, which is the step already. NaN and infinity are kept because
+    they show a diverging loss. MLflow 3.17 stores infinity as +-1.8e308.
+    """
+    from mlflow.entities import Metric
+
+    timestamp_ms = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+    metrics = []
+    for key, value in logs.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, Real):
+            continue
+        metrics.append(Metric(key=key, value=float(value), timestamp=timestamp_ms, step=epoch))
+    return metrics
+
+
+def _active_run_id() -> str:
+    run = import_mlflow().active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: call this inside start_training_run(...) or pass run_id")
+    return run.info.run_id
+
+
+def _log_checkpoint(client: MlflowClient, run_id: str, path: Path, artifact_name: str) -> None:
+    """Log ``path`` as ``checkpoints/<artifact_name>``.
+
+    A renamed copy gives each epoch its own artifact even when the stage reuses one file.
+    """
+    with tempfile.TemporaryDirectory(prefix="mlflow-checkpoint-") as folder:
+        staged = Path(folder) / artifact_name
+        shutil.copyfile(path, staged)
+        call_with_retries(
+            lambda: client.log_artifact(run_id, str(staged), CHECKPOINT_ARTIFACT_DIR),
+            f"logging checkpoint {path} to run {run_id}",
+        )
+
+
+class MlflowCallback(Callback):
+    """Log every epoch's numeric logs to MLflow and, every ``checkpoint_every`` epochs, the checkpoint file.
+
+    The metrics of one epoch go in one ``log_batch`` call with ``step=epoch``
+    (see :func:`epoch_metrics`). When ``epoch % checkpoint_every == 0`` the file
+    ``checkpoint_path_fn(epoch)``, which a checkpoint callback earlier in the list
+    writes, is logged as ``checkpoints/epoch_<epoch:04d><suffix>``. A missing
+    file is logged as a warning, not raised. ``checkpoint_every=0`` or no
+    ``checkpoint_path_fn`` logs no checkpoints. The run is ``run_id`` or the
+    active run when training begins.
+    """
+
+    def __init__(
+        self,
+        checkpoint_every: int = 0,
+        checkpoint_path_fn: Callable[[int], str | os.PathLike[str]] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be 0 (off) or a positive number of epochs, got {checkpoint_every}")
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_path_fn = checkpoint_path_fn
+        self.run_id = run_id
+        self.logged_checkpoints: list[str] = []
+        self._client: MlflowClient | None = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        mlflow = import_mlflow()
+        if self.run_id is None:
+            self.run_id = _active_run_id()
+        self._client = mlflow.MlflowClient()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        client, run_id = self._require_client()
+
+        metrics = epoch_metrics(logs, epoch)
+        if metrics:
+            call_with_retries(
+                lambda: client.log_batch(run_id, metrics=metrics), f"logging epoch {epoch} metrics to run {run_id}"
+            )
+
+        if self.checkpoint_every and self.checkpoint_path_fn is not None and epoch % self.checkpoint_every == 0:
+            path = Path(self.checkpoint_path_fn(epoch))
+            if not path.is_file():
+                logger.warning(
+                    "checkpoint %s of epoch %d not found, so it is not logged to MLflow run %s", path, epoch, run_id
+                )
+                return
+            artifact_name = f"epoch_{epoch:04d}{path.suffix}"
+            _log_checkpoint(client, run_id, path, artifact_name)
+            self.logged_checkpoints.append(f"{CHECKPOINT_ARTIFACT_DIR}/{artifact_name}")
+
+    def _require_client(self) -> tuple[MlflowClient, str]:
+        if self._client is None or self.run_id is None:
+            raise RuntimeError("MlflowCallback.on_train_begin must run before on_epoch_end")
+        return self._client, self.run_id
+
+
+def log_history(history: Mapping[str, Sequence[Any]], total_epochs: int, run_id: str | None = None) -> int:
+    """Log a resumed trainer's per-epoch ``history`` with steps 1 to ``total_epochs``, and return the metric count.
+
+    A resumed training gets a new run, so this copies the curves of the epochs
+    trained before the interruption into it. Each list ends at epoch
+    ``total_epochs``, so a list shorter than ``total_epochs`` starts later.
+    Values are filtered as in :func:`epoch_metrics`.
+    """
+    mlflow = import_mlflow()
+    run_id = run_id or _active_run_id()
+    timestamp_ms = int(time.time() * 1000)
+
+    metrics = []
+    for key, values in history.items():
+        values = list(values)[-total_epochs:] if total_epochs > 0 else []
+        first_epoch = total_epochs - len(values) + 1
+        for offset, value in enumerate(values):
+            metrics.extend(epoch_metrics({key: value}, first_epoch + offset, timestamp_ms))
+    if metrics:
+        client = mlflow.MlflowClient()
+        call_with_retries(lambda: client.log_batch(run_id, metrics=metrics), f"logging history to run {run_id}")
+    return len(metrics)
+
+
+def log_final_checkpoint(path: str | os.PathLike[str], run_id: str | None = None) -> None:
+    """Log the final checkpoint file under ``checkpoints/`` with its own name."""
+    mlflow = import_mlflow()
+    run_id = run_id or _active_run_id()
+    client = mlflow.MlflowClient()
+    call_with_retries(
+        lambda: client.log_artifact(run_id, str(path), CHECKPOINT_ARTIFACT_DIR), f"logging checkpoint {path}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model and code
+
+
+def _export_error(model: torch.nn.Module, example: np.ndarray) -> str | None:
+    """Return the first line of the error that ``torch.export`` raises for ``model``, or ``None`` when it exports.
+
+    Trying first keeps a failed export from leaving a FAILED logged model in
+    the experiment, which MLflow 3.17 records when ``log_model`` raises.
+    """
+    import torch
+
+    batch = {0: torch.export.Dim.AUTO}
+    try:
+        torch.export.export(model, (torch.from_numpy(example),), dynamic_shapes=[batch])
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return None
+
+
+def log_final_model(model: torch.nn.Module, input_example: np.ndarray, name: str = "model") -> ModelInfo:
+    """Log ``model`` as an MLflow PyTorch model with a tensor signature, and return its ``ModelInfo``.
+
+    The model is logged in MLflow's ``pt2`` format (``torch.export``), and with
+    ``pickle`` when a trial export fails, as a data-dependent branch in
+    ``forward`` makes it. A pickled model loads only where its classes can be imported.
+    The example is cast to float32. A one-row example is doubled, because
+    ``torch.export`` fixes a batch dimension of size 1 and the logged model would
+    then accept only one row. The signature comes from a forward pass of a CPU
+    copy in eval mode, so ``model`` itself is left as it was. The chosen format
+    is stored in the run tag ``model_serialization``. Raises ``RuntimeError``
+    without an active run, because MLflow would otherwise log a model that
+    belongs to no run.
+    """
+    mlflow = import_mlflow()
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    run_id = _active_run_id()
+    example = np.asarray(input_example, dtype=np.float32)
+    if example.ndim == 0:
+        raise ValueError("input_example must have a batch dimension, got a scalar")
+    if example.shape[0] == 1:
+        example = np.concatenate([example, example])
+
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        output = cpu_model(torch.from_numpy(example))
+    signature = infer_signature(example, output.numpy())
+
+    # Explicit requirements skip MLflow's inference of them, which loads the
+    # model again in a subprocess.
+    common = {
+        "name": name,
+        "signature": signature,
+        "input_example": example,
+        "pip_requirements": mlflow.pytorch.get_default_pip_requirements(),
+    }
+    export_error = _export_error(cpu_model, example)
+    if export_error is None:
+        info = mlflow.pytorch.log_model(cpu_model, serialization_format="pt2", **common)
+        serialization = "pt2"
+    else:
+        logger.warning("torch.export failed for model %r (%s), so it is logged with pickle", name, export_error)
+        info = mlflow.pytorch.log_model(cpu_model, serialization_format="pickle", **common)
+        serialization = "pickle"
+
+    client = mlflow.MlflowClient()
+    call_with_retries(
+        lambda: client.set_tag(run_id, "model_serialization", serialization), f"tagging run {run_id}"
+    )
+    logger.info("logged model %r as %s to %s", name, serialization, info.model_uri)
+    return info
+
+
+def log_code_snapshot(
+    root: str | os.PathLike[str] | None = None, artifact_path: str = "code", run_id: str | None = None
+) -> list[str]:
+    """Log ``src/``, ``stages/``, ``params.yaml`` and ``dvc.yaml`` of ``root`` under ``code/``, and return their names.
+
+    ``__pycache__``, ``*.egg-info`` and ``*.pyc`` are skipped, and missing
+    entries are left out. ``root`` defaults to the current directory, which is
+    where DVC runs a stage: under ``dvc exp run --temp`` that is the temporary
+    copy, whose ``params.yaml`` contains the experiment's ``-S`` values while
+    the one in ``DVC_ROOT`` contains the baseline's. The run is ``run_id`` or
+    the active run.
+    """
+    mlflow = import_mlflow()
+    run_id = run_id or _active_run_id()
+    source_root = Path(root) if root is not None else Path.cwd()
+
+    logged = []
+    with tempfile.TemporaryDirectory(prefix="mlflow-code-") as folder:
+        staging = Path(folder)
+        for name in CODE_PATHS:
+            source = source_root / name
+            if source.is_dir():
+                shutil.copytree(source, staging / name, ignore=_IGNORED_CODE)
+            elif source.is_file():
+                shutil.copy2(source, staging / name)
+            else:
+                logger.debug("code snapshot: %s not found, skipped", source)
+                continue
+            logged.append(name)
+        if logged:
+            client = mlflow.MlflowClient()
+            call_with_retries(
+                lambda: client.log_artifacts(run_id, str(staging), artifact_path),
+                f"logging the code snapshot to run {run_id}",
+            )
+    return logged
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+
+
+def _log_path(client: MlflowClient, run_id: str, path: Path, folder: str) -> None:
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), f"{folder}/{path.name}")
+    else:
+        client.log_artifact(run_id, str(path), folder)
+
+
+def _log_artifact_paths(
+    client: MlflowClient, run_id: str, paths: Sequence[str | os.PathLike[str]], folder: str
+) -> None:
+    """Log each file under ``folder`` and each folder as ``folder/<name>``.
+
+    Raises ``FileNotFoundError`` before logging any of them when one is missing.
+    """
+    resolved = [Path(item) for item in paths]
+    missing = [str(path) for path in resolved if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"artifacts not found: {', '.join(missing)}")
+    for path in resolved:
+        call_with_retries(
+            functools.partial(_log_path, client, run_id, path, folder), f"logging {path} to run {run_id}"
+        )
+
+
+def _metric_entries(metrics: Mapping[str, float], step: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    timestamp_ms = int(time.time() * 1000)
+    return [Metric(key=key, value=float(value), timestamp=timestamp_ms, step=step) for key, value in metrics.items()]
+
+
+def log_metrics_to_run(
+    run_id: str,
+    metrics: Mapping[str, float],
+    artifacts: Sequence[str | os.PathLike[str]] = (),
+    artifact_path: str = EVALUATION_ARTIFACT_DIR,
+    step: int = 0,
+    project_root: str | os.PathLike[str] | None = None,
+) -> None:
+    """Add ``metrics`` and ``artifacts`` (files or folders, under ``evaluation/``) to an existing run, finished or not.
+
+    The run keeps its status and end time. Raises :class:`UserError` when the
+    store has no run ``run_id``, for example after ``mlflow.db`` was removed.
+    """
+    mlflow = import_mlflow()
+    from mlflow.exceptions import MlflowException
+
+    uri = connect(project_root)
+    client = mlflow.MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise UserError(
+            f"MLflow run {run_id} not found in {uri}. "
+            "Fix: train the model again (`dvc repro --force <train stage>`) or set MLFLOW_TRACKING_URI "
+            "to the store that holds the run"
+        ) from None
+
+    entries = _metric_entries(metrics, step)
+    if entries:
+        call_with_retries(lambda: client.log_batch(run_id, metrics=entries), f"logging metrics to run {run_id}")
+    _log_artifact_paths(client, run_id, artifacts, artifact_path)
+
+
+@contextlib.contextmanager
+def start_comparison_run(
+    experiment_name: str,
+    model_run_ids: Mapping[str, str],
+    artifacts: Sequence[str | os.PathLike[str]] = (),
+    metrics: Mapping[str, float] | None = None,
+    stage_name: str = "evaluate",
+    project_root: str | os.PathLike[str] | None = None,
+) -> Iterator[ActiveRun]:
+    """Start a run that compares models, yield it, and log ``metrics`` and ``artifacts`` when the block succeeds.
+
+    The run is named ``<DVC_EXP_NAME>-comparison`` (or ``comparison``) and tagged
+    ``run_type=comparison``, ``compared_models`` (the names, comma-separated) and
+    ``compared_run.<model name>`` with each model's training run id. Artifacts
+    (the comparison table and report files) go under ``comparison/`` once the
+    block ends, so the block may write them. The run ends like a training run.
+    """
+    uri = connect(project_root)
+    experiment_id = get_or_create_experiment(experiment_name, uri, project_root)
+    mlflow = import_mlflow()
+
+    tags = {
+        "run_type": "comparison",
+        "compared_models": ",".join(model_run_ids),
+        **{f"compared_run.{name}": run_id for name, run_id in model_run_ids.items()},
+        **_dvc_tags(stage_name),
+    }
+    run = _start_run(experiment_id, _run_name("comparison"), tags)
+    with _tracked_run(run):
+        yield run
+        client = mlflow.MlflowClient(uri)
+        entries = _metric_entries(metrics or {}, step=0)
+        if entries:
+            call_with_retries(
+                lambda: client.log_batch(run.info.run_id, metrics=entries), "logging comparison metrics"
+            )
+        _log_artifact_paths(client, run.info.run_id, artifacts, COMPARISON_ARTIFACT_DIR)
+
+
+def log_comparison_run(
+    experiment_name: str,
+    model_run_ids: Mapping[str, str],
+    artifacts: Sequence[str | os.PathLike[str]] = (),
+    metrics: Mapping[str, float] | None = None,
+    stage_name: str = "evaluate",
+    project_root: str | os.PathLike[str] | None = None,
+) -> str:
+    """Record a finished comparison run (see :func:`start_comparison_run`) in one call, and return its run id."""
+    with start_comparison_run(experiment_name, model_run_ids, artifacts, metrics, stage_name, project_root) as run:
+        pass
+    return run.info.run_id
