@@ -108,7 +108,7 @@ class Trainer:
         *,
         train_loader: Iterable[Any] | None = None,
         val_loader: Iterable[Any] | None = None,
-        scheduler: Any | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         scheduler_interval: Literal["epoch", "batch"] = "epoch",
         device: str | torch.device | None = None,
         metrics: Mapping[str, MetricFn] | None = None,
@@ -186,7 +186,7 @@ class Trainer:
         self.callbacks.append(callback)
 
     def to(self, device: str | torch.device) -> Trainer:
-        """Move the model and the optimizer state to ``device``, where batches will be sent too; return self."""
+        """Move the model and the optimizer state to ``device`` and return self. Batches go there too."""
         self.device = torch.device(device)
         self.model.to(self.device)
         # load_state_dict casts the optimizer state to each parameter's device
