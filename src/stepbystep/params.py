@@ -508,11 +508,15 @@ def read_params_file(path: str | os.PathLike[str] | None = None) -> dict[str, An
     return data
 
 
-def load_params(path: str | os.PathLike[str] | None = None) -> Params:
-    """Read and validate the whole params file; raise :class:`ParamsError` on any invalid value."""
-    params_path = _find_params_file(path)
-    data = read_params_file(params_path)
+def validate_params(data: dict[str, Any], source: str) -> Params:
+    """Validate a parsed params mapping; raise :class:`ParamsError` naming ``source`` on any invalid value."""
     try:
         return Params.model_validate(data)
     except ValidationError as error:
-        raise ParamsError(_format_errors(error, str(params_path))) from None
+        raise ParamsError(_format_errors(error, source)) from None
+
+
+def load_params(path: str | os.PathLike[str] | None = None) -> Params:
+    """Read and validate the whole params file; raise :class:`ParamsError` on any invalid value."""
+    params_path = _find_params_file(path)
+    return validate_params(read_params_file(params_path), str(params_path))

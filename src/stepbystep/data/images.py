@@ -4,6 +4,10 @@ An image folder holds ``<root>/<class>/<id>.png`` files, a ``manifest.csv``
 with one row per image (``file``, ``class``, ``label`` and, for the synthetic
 set, ``line_kind``) in dataset order, and a ``dataset.json`` description. Split
 indices refer to manifest rows.
+
+An imported image folder holds no image files. Its images are decoded once
+into ``images.npy``, a uint8 array of shape (N, C, H, W) in manifest order that
+readers memory-map, and its manifest names the files of the source folder.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from stepbystep.errors import DataError
 from stepbystep.params import BuildImagesParams
 
 MANIFEST_FILE = "manifest.csv"
+CACHE_FILE = "images.npy"
 
 # Binary classes of the synthetic set: 1 for a diagonal line, 0 for a straight one.
 NEGATIVE_CLASS = "straight"
@@ -159,8 +164,31 @@ def read_manifest(root: Path) -> list[dict[str, str]]:
         raise DataError(f"image manifest not found: {path}. Fix: run `dvc repro` to build it") from None
 
 
+def read_image_cache(root: Path, info: dict[str, Any], n_rows: int) -> np.ndarray:
+    """Memory-map the decoded images of an imported folder, read-only, and check their shape against the manifest."""
+    path = Path(root) / info["cache"]
+    try:
+        images = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise DataError(f"image cache not found: {path}. Fix: run `dvc repro` to import the images again") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read image cache {path}: {error}. Fix: run `dvc repro` to import the images again") from None
+
+    expected = (n_rows, info["channels"], info["height"], info["width"])
+    if images.dtype != np.uint8 or images.shape != expected:
+        raise DataError(
+            f"{path} contains {images.dtype} images of shape {images.shape}, but the manifest and "
+            f"dataset.json describe uint8 images of shape {expected}. Fix: run `dvc repro` to import the images again"
+        )
+    return images
+
+
 def read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read an image folder back: uint8 images of shape (N, C, H, W), int64 labels and its description."""
+    """Read an image folder back: uint8 images of shape (N, C, H, W), int64 labels and its description.
+
+    Images of an imported folder come memory-mapped from its cache; the
+    synthetic set is decoded from its PNG files.
+    """
     from PIL import Image
 
     from stepbystep.data.tables import read_info
@@ -168,6 +196,10 @@ def read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any
     root = Path(root)
     info = read_info(root)
     rows = read_manifest(root)
+    labels = np.array([int(row["label"]) for row in rows], dtype=np.int64)
+    if info.get("cache"):
+        return read_image_cache(root, info, len(rows)), labels, info
+
     images = np.empty((len(rows), info["channels"], info["height"], info["width"]), dtype=np.uint8)
     for index, row in enumerate(rows):
         path = root / row["file"]
@@ -179,5 +211,4 @@ def read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         except OSError as error:
             raise DataError(f"cannot read image {path}: {error}") from None
         images[index] = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-    labels = np.array([int(row["label"]) for row in rows], dtype=np.int64)
     return images, labels, info

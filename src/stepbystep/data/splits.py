@@ -115,8 +115,10 @@ def dataset_size_and_labels(folder: Path) -> tuple[int, np.ndarray | None]:
 def split_datasets(params: dict[str, SplitParams], data_dir: Path, splits_dir: Path) -> None:
     """Split every dataset named in ``params`` and write ``splits_dir/<name>.json`` files.
 
-    All split files are validated and computed before the folder is written,
-    so an invalid split leaves no output behind.
+    All splits are validated and computed before the first file is written, so
+    an invalid split leaves no output behind. Split files of datasets not in
+    ``params`` stay as they are, because the split stages of imported datasets
+    write into the same folder.
     """
     results = {}
     for name, split_params in params.items():
@@ -129,6 +131,5 @@ def split_datasets(params: dict[str, SplitParams], data_dir: Path, splits_dir: P
         n_samples, labels = dataset_size_and_labels(folder)
         results[name] = split_indices(n_samples, split_params, labels, name)
 
-    with files.atomic_directory(splits_dir) as staging:
-        for name, (train, val) in results.items():
-            write_split(staging / f"{name}.json", name, params[name], train, val)
+    for name, (train, val) in results.items():
+        write_split(splits_dir / f"{name}.json", name, params[name], train, val)

@@ -35,6 +35,7 @@ class TableInfo:
     classes: list[str] = field(default_factory=list)
     positive_class: str | None = None
     true_coefficients: dict[str, Any] | None = None
+    source: str | None = None  # the imported CSV file, relative to the project root
     kind: Literal["table"] = "table"
 
 

@@ -258,7 +258,8 @@ def train_regression(params: Params, output_dir: Path, track: bool = True) -> di
             f"train_regression.dataset is {config.dataset!r}, a {data.info['task']} dataset. "
             "Fix: name a regression dataset"
         )
-    preprocessing = Preprocessing(kind="table", normalization="none")
+    # The default method none keeps the book's raw x; standardize fits on the training rows only.
+    preprocessing = Preprocessing.fit("table", data.train_features, config.normalization)
     model = build_regression_model(data.train_features.shape[1], config.model_seed)
     loaders = make_loaders(data, preprocessing, config.batch_size)
     spec = ModelSpec(
