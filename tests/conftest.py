@@ -62,12 +62,17 @@ def make_project(destination: Path, git: bool = True) -> Path:
         else:
             shutil.copy2(source, target)
     if git:
-        run(["git", "init", "-q", "-b", "main"], destination)
-        run(["git", "config", "user.email", "tests@example.com"], destination)
-        run(["git", "config", "user.name", "Tests"], destination)
-        run(["git", "add", "-A"], destination)
-        run(["git", "commit", "-q", "-m", "Initial project"], destination)
+        commit_project(destination)
     return destination
+
+
+def commit_project(root: Path) -> None:
+    """Make ``root`` a git repository whose first commit holds every file there."""
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "config", "user.email", "tests@example.com"], root)
+    run(["git", "config", "user.name", "Tests"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "Initial project"], root)
 
 
 @pytest.fixture
