@@ -227,7 +227,8 @@ def train_model(
             mlflow_tracking.log_final_checkpoint(final_checkpoint)
             example = torch.as_tensor(preprocessing.transform(data.val_features[:5])).numpy()
             mlflow_tracking.log_final_model(trainer.model, example)
-            mlflow_tracking.log_code_snapshot(root)
+            # The current folder is the copy DVC runs, with the experiment's params applied.
+            mlflow_tracking.log_code_snapshot()
             run_info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
     else:
         fit()
