@@ -130,6 +130,7 @@ class Trainer:
         self.model = model
         self.forward_model: nn.Module = model
         self.loss_fn = loss_fn
+        self.reduce_loss: Callable[[float], float] | None = None
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
@@ -204,6 +205,15 @@ class Trainer:
         """
         self.forward_model = wrapper(self.model)
         self._build_step_fns()
+
+    def set_loss_reduction(self, reduce_loss: Callable[[float], float]) -> None:
+        """Pass each epoch's training and validation loss through ``reduce_loss`` before it is checked and recorded.
+
+        Under ``DistributedDataParallel`` each process computes the loss of its own
+        share of the data, and ``reduce_loss`` averages it across processes, so all
+        of them record the same values and stop at the same epoch.
+        """
+        self.reduce_loss = reduce_loss
 
     def named_generators(self) -> dict[str, torch.Generator]:
         """Return the ``torch.Generator`` objects of the loaders, keyed by attribute path."""
@@ -330,12 +340,16 @@ class Trainer:
             self.gradient_stats.reset()
         lr = float(self.optimizer.param_groups[0]["lr"])
         train_loss = self._train_pass(epoch)
+        if self.reduce_loss is not None:
+            train_loss = self.reduce_loss(train_loss)
         if not math.isfinite(train_loss):
             raise TrainingDiverged(epoch, "train_loss", train_loss)
 
         logs: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "val_loss": None, "lr": lr}
         if self.val_loader is not None:
             val_loss, metric_values = self._val_pass()
+            if self.reduce_loss is not None:
+                val_loss = self.reduce_loss(val_loss)
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(epoch, "val_loss", val_loss)
             logs["val_loss"] = val_loss
