@@ -294,6 +294,9 @@ def _decode_image(path: Path, channels: int, size: tuple[int, int] | None) -> np
 
     Without ``size`` the image keeps its own size. Alpha channels are dropped
     and 16-bit grayscale keeps its 8 most significant bits.
+
+    NOTE: the EXIF orientation of a JPEG is not applied, as torchvision's
+    default image loader does not apply it either.
     """
     from PIL import Image
 
