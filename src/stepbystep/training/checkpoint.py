@@ -3,7 +3,10 @@
 A checkpoint is a dict written with ``torch.save``. Writes are atomic: the data
 goes to a temporary file in the same folder, which is flushed to disk and then
 renamed over the target, so a crash never leaves a half-written checkpoint under
-the final name. Loading uses ``torch.load(weights_only=True)``, which restores
+the final name. A failed write (no space left, permission denied) raises
+``stepbystep.files.OutputError`` with the path and a fix. Equal checkpoints give
+equal bytes, so a resumed training writes the same file as an uninterrupted
+one. Loading uses ``torch.load(weights_only=True)``, which restores
 only tensors and plain Python containers and never runs code stored in the file,
 and maps every tensor to the CPU, so a checkpoint saved on CUDA loads on a
 CPU-only machine.
@@ -24,14 +27,18 @@ Keys written by ``Trainer.save_checkpoint`` (format version 1):
 
 from __future__ import annotations
 
+import io
 import os
-import secrets
+import pickle
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from stepbystep import files
 
 CHECKPOINT_FORMAT = "stepbystep.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -49,6 +56,28 @@ REQUIRED_KEYS = (
 
 # Types that torch.load(weights_only=True) restores; metadata is limited to these.
 _PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+
+class _MemoFreePickler(pickle.Pickler):
+    """A pickler without the memo, so the bytes depend on the values alone.
+
+    With the memo, a string or list that appears twice is written once and then
+    referenced, but only when both places refer to the same object. A resumed
+    trainer keeps copies loaded from disk where a fresh one shares objects, so
+    the memo would make their checkpoints differ in bytes although every value
+    is equal. Tensors that share storage stay shared, because ``torch.save``
+    tracks storages itself. The memo-free mode cannot write self-referencing
+    containers, and checkpoints contain none.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast = True
+
+
+# torch.save takes a pickle module and subclasses its ``Pickler``.
+_MEMO_FREE_PICKLE = types.ModuleType("stepbystep_memo_free_pickle")
+_MEMO_FREE_PICKLE.Pickler = _MemoFreePickler  # type: ignore[attr-defined]
 
 
 class CheckpointError(RuntimeError):
@@ -90,26 +119,22 @@ def validate_metadata(value: Any, where: str = "metadata") -> None:
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Mapping[str, Any]) -> Path:
     """Write ``checkpoint`` to ``path`` atomically and return the path.
 
-    Missing parent folders are created. The temporary file is removed if writing
-    fails. Raises ``TypeError`` (from ``validate_metadata``) before writing anything
-    when ``checkpoint["metadata"]`` contains types that could not be loaded back.
+    Missing parent folders are created. Raises ``TypeError`` (from
+    ``validate_metadata``) before writing anything when ``checkpoint["metadata"]``
+    contains types that could not be loaded back. Raises ``OutputError`` when the
+    file system rejects the write. The temporary file is then removed, and an
+    earlier file at ``path`` stays as it was.
     """
     path = Path(path)
     if "metadata" in checkpoint:
         validate_metadata(checkpoint["metadata"])
-    path.parent.mkdir(parents=True, exist_ok=True)
 
-    # A unique name in the target folder keeps os.replace a same-filesystem rename.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            torch.save(dict(checkpoint), file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # Serializing into memory first keeps the OSError of a failed write, which
+    # torch.save would turn into a RuntimeError without the errno.
+    # NOTE: the buffer is a second copy of the checkpoint in memory while it is written.
+    buffer = io.BytesIO()
+    torch.save(dict(checkpoint), buffer, pickle_module=_MEMO_FREE_PICKLE)
+    files.write_bytes(path, buffer.getbuffer())
 
     _fsync_folder(path.parent)
     return path
