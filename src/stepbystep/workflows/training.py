@@ -18,6 +18,7 @@ Each run
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -113,6 +114,41 @@ def _fingerprint(spec: ModelSpec, data: SplitData) -> str:
     return digest.hexdigest()[:16]
 
 
+# Locks on resume checkpoints that this process holds, by lock file. An flock
+# lasts until the file is closed or the process ends, also by SIGKILL.
+_resume_locks: dict[Path, IO[str]] = {}
+
+
+def _claim_resume_files(folder: Path, fingerprint: str) -> tuple[Path, Path]:
+    """Return the resume checkpoint and run-id files of a configuration, locked for this process.
+
+    Parallel experiments (``dvc queue start -j 2``) can train the same
+    configuration at the same time. The process that holds the ``flock`` on
+    ``.locks/<model>-<fingerprint>.lock`` next to ``folder`` uses
+    ``<fingerprint>.pt`` and ``.run``. Any other process gets files named after
+    its process id, so that it neither resumes from nor deletes a checkpoint
+    that another training is still writing. Lock files stay, because deleting
+    one while another process opens it would let two processes hold a lock.
+    Under torchrun only rank 0 (``RANK``) takes the lock, because it alone
+    writes these files.
+    """
+    lock_path = folder.parent / ".locks" / f"{folder.name}-{fingerprint}.lock"
+    if lock_path not in _resume_locks and os.environ.get("RANK", "0") == "0":
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(lock_path, "a")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            logger.info(
+                "%s is locked by another training of the same configuration, so this one starts afresh", lock_path
+            )
+            private = f"{fingerprint}-{os.getpid()}"
+            return folder / f"{private}.pt", folder / f"{private}.run"
+        _resume_locks[lock_path] = lock_file
+    return folder / f"{fingerprint}.pt", folder / f"{fingerprint}.run"
+
+
 def _losses_csv(history: dict[str, list[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -171,8 +207,7 @@ def train_model(
 
     resume_folder = root / RESUME_DIR / spec.name
     fingerprint = _fingerprint(spec, data)
-    resume_file = resume_folder / f"{fingerprint}.pt"
-    resume_run_file = resume_folder / f"{fingerprint}.run"
+    resume_file, resume_run_file = _claim_resume_files(resume_folder, fingerprint)
 
     # Seeding first and loading second lets a resumed run overwrite every RNG
     # state with the saved one, while a fresh run starts from the seed.
