@@ -25,5 +25,16 @@ repro: $(INSTALLED)
 test: $(INSTALLED)
 	python -m pytest
 
+# The MLflow UI on the project's store, listening on loopback only. Runs keep
+# their artifacts in mlartifacts/ under absolute file URIs, which the server
+# reads directly. With --artifacts-destination, experiments created in the UI
+# keep their artifacts there too. Another port: make mlflow-ui MLFLOW_PORT=5001
+MLFLOW_PORT ?= 5000
+
+mlflow-ui: $(INSTALLED)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--artifacts-destination $(CURDIR)/mlartifacts \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache
