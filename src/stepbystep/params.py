@@ -251,6 +251,19 @@ class TrainingParams(Section):
     checkpoint_every: PositiveInt = Field(description="epochs between checkpoints")
     clip_grad_norm: PositiveFloat | None = None
     early_stopping_patience: PositiveInt | None = None
+    nproc_per_node: PositiveInt = Field(
+        default=1,
+        description="processes that train with DistributedDataParallel under torchrun; 1 trains in the stage's process",
+    )
+
+    @model_validator(mode="after")
+    def _check_processes(self) -> TrainingParams:
+        if self.batch_size is not None and self.batch_size < self.nproc_per_node:
+            raise ValueError(
+                f"batch_size {self.batch_size} is smaller than nproc_per_node {self.nproc_per_node}, so some "
+                "processes would train on no sample. Fix: set batch_size to at least nproc_per_node"
+            )
+        return self
 
 
 class NormalizationParams(Section):

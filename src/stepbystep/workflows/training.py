@@ -38,6 +38,8 @@ from stepbystep.data.loading import SplitData, load_split_data, make_loaders
 from stepbystep.data.preprocessing import Preprocessing
 from stepbystep.errors import UserError
 from stepbystep.params import ClassifierParams, Params, TrainingParams
+from stepbystep.training import distributed
+from stepbystep.training.distributed import SINGLE_PROCESS, DistributedContext
 
 logger = logging.getLogger(__name__)
 
@@ -167,16 +169,21 @@ def train_model(
     loaders: tuple[Any, Any],
     output_dir: Path,
     track: bool = True,
+    context: DistributedContext = SINGLE_PROCESS,
 ) -> dict[str, Any]:
     """Train ``model`` as ``spec`` says, resuming when possible, and write the outputs to ``output_dir``.
 
     Returns the metadata stored in ``model.pt``. Raises :class:`TrainingFailed`
-    when the loss diverges; then no output is written.
+    when the loss diverges; then no output is written. In a process group
+    (``context``) every process trains its share of each batch and rank 0
+    alone writes checkpoints, outputs and MLflow records.
     """
     from stepbystep.training import CheckpointCallback, Trainer, TrainingDiverged
     from stepbystep.training.checkpoint import CheckpointError
 
     root = project_root()
+    if context.is_distributed:
+        loaders = tuple(distributed.shard_loader(loader, context) for loader in loaders)
     train_loader, val_loader = loaders
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.training.lr)
     trainer = Trainer(
@@ -202,6 +209,7 @@ def train_model(
         "preprocessing": preprocessing.state_dict(),
         "dataset": data.info,
         "n_parameters": trainer.count_parameters(),
+        "world_size": context.world_size,
         **spec.extra_metadata,
     }
 
@@ -213,20 +221,29 @@ def train_model(
     # state with the saved one, while a fresh run starts from the seed.
     trainer.set_seed(spec.seed)
     resumed_from = None
-    if resume_file.exists():
-        try:
-            trainer.load_checkpoint(resume_file)
-            resumed_from = resume_run_file.read_text().strip() if resume_run_file.exists() else None
-            logger.info("%s: resuming at epoch %d from %s", spec.name, trainer.total_epochs, resume_file)
-        except CheckpointError as error:
-            logger.warning("%s: ignoring unusable resume checkpoint: %s", spec.name, error)
-            trainer.set_seed(spec.seed)
+    # Rank 0 sends its resume checkpoint to the other ranks, which may run on other machines.
+    with distributed.shared_file(resume_file, context) as checkpoint_file:
+        if checkpoint_file is not None:
+            try:
+                trainer.load_checkpoint(checkpoint_file)
+                resumed_from = resume_run_file.read_text().strip() if resume_run_file.exists() else None
+                logger.info("%s: resuming at epoch %d from %s", spec.name, trainer.total_epochs, resume_file)
+            except CheckpointError as error:
+                logger.warning("%s: ignoring unusable resume checkpoint: %s", spec.name, error)
+                trainer.set_seed(spec.seed)
+    distributed.prepare_trainer(trainer, context, spec.seed)
 
-    trainer.add_callback(CheckpointCallback(resume_file, every=spec.training.checkpoint_every, metadata=metadata))
-    if spec.tensorboard:
+    if context.is_main:
+        trainer.add_callback(CheckpointCallback(resume_file, every=spec.training.checkpoint_every, metadata=metadata))
+    if context.is_main and spec.tensorboard:
         from stepbystep.tracking.tensorboard import TensorBoardCallback
 
-        trainer.add_callback(TensorBoardCallback(root / TENSORBOARD_DIR / spec.name))
+        # Rank 0 alone drawing a batch from a sharded loader would wait forever
+        # for the other ranks, so it traces the graph on the first training row.
+        sample_input = None
+        if context.is_distributed:
+            sample_input = torch.as_tensor(preprocessing.transform(data.train_features[:1]))
+        trainer.add_callback(TensorBoardCallback(root / TENSORBOARD_DIR / spec.name, sample_input=sample_input))
 
     remaining = spec.training.epochs - trainer.total_epochs
 
@@ -237,6 +254,10 @@ def train_model(
             raise TrainingFailed(
                 f"{spec.name}: {error}. Fix: lower {spec.stage}.lr (now {spec.training.lr}) and run again"
             ) from None
+
+    if not context.is_main:
+        fit()
+        return metadata
 
     run_info: dict[str, Any] = {}
     if track:
@@ -283,7 +304,9 @@ def train_model(
     return metadata
 
 
-def train_regression(params: Params, output_dir: Path, track: bool = True) -> dict[str, Any]:
+def train_regression(
+    params: Params, output_dir: Path, track: bool = True, context: DistributedContext = SINGLE_PROCESS
+) -> dict[str, Any]:
     """Train the chapter 2 linear regression described by ``params.train_regression``."""
     from stepbystep.models import build_regression_model
 
@@ -308,10 +331,14 @@ def train_regression(params: Params, output_dir: Path, track: bool = True) -> di
         experiment_name=params.tracking.experiment_name,
         tensorboard=params.tracking.tensorboard,
     )
-    return train_model(spec, data, preprocessing, model, nn.MSELoss(reduction="mean"), loaders, output_dir, track)
+    return train_model(
+        spec, data, preprocessing, model, nn.MSELoss(reduction="mean"), loaders, output_dir, track, context
+    )
 
 
-def train_classifier(params: Params, name: str, output_dir: Path, track: bool = True) -> dict[str, Any]:
+def train_classifier(
+    params: Params, name: str, output_dir: Path, track: bool = True, context: DistributedContext = SINGLE_PROCESS
+) -> dict[str, Any]:
     """Train the binary classifier ``params.train_classifier[name]``."""
     from stepbystep.models import binary_loss_fn, build_classifier
 
@@ -351,4 +378,6 @@ def train_classifier(params: Params, name: str, output_dir: Path, track: bool = 
         experiment_name=params.tracking.experiment_name,
         tensorboard=params.tracking.tensorboard,
     )
-    return train_model(spec, data, preprocessing, model, binary_loss_fn(config.output), loaders, output_dir, track)
+    return train_model(
+        spec, data, preprocessing, model, binary_loss_fn(config.output), loaders, output_dir, track, context
+    )
