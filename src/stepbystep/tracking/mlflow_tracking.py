@@ -234,6 +234,28 @@ def _start_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> Ac
     )
 
 
+def _end_interrupted_run(client: MlflowClient, run_id: str) -> None:
+    """End ``run_id`` as KILLED when it is still RUNNING.
+
+    A process killed by SIGKILL cannot end its run, which would otherwise stay
+    RUNNING forever. A run that the store does not contain, such as one
+    recorded in another store, is logged and skipped.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        logger.warning("interrupted MLflow run %s not found in this store, so its status is left as it is", run_id)
+        return
+    if status != "RUNNING":
+        return
+    call_with_retries(lambda: client.set_terminated(run_id, "KILLED"), f"ending MLflow run {run_id} as KILLED")
+    logger.warning("MLflow run %s of an interrupted training was still RUNNING, marked it KILLED", run_id)
+
+
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
     from mlflow.entities import Param
 
@@ -250,6 +272,7 @@ def start_training_run(
     params: Mapping[str, Any],
     resumed_from_run_id: str | None = None,
     project_root: str | os.PathLike[str] | None = None,
+    interrupted_run_id: str | None = None,
 ) -> Iterator[ActiveRun]:
     """Start the MLflow run of one model's training, yield it, and end it with the outcome's status.
 
@@ -263,10 +286,16 @@ def start_training_run(
     or SIGTERM (raised in the block as :class:`RunTerminated`), and FAILED on any
     other exception, which is re-raised. Raises :class:`UserError` before
     starting when the tracking server does not respond.
+
+    ``interrupted_run_id`` names the run of an earlier training of the same
+    model that a signal or crash ended. If that run is still RUNNING, it is
+    ended KILLED first, so the caller must know that its process is gone.
     """
     uri = connect(project_root)
     experiment_id = get_or_create_experiment(experiment_name, uri, project_root)
     mlflow = import_mlflow()
+    if interrupted_run_id:
+        _end_interrupted_run(mlflow.MlflowClient(uri), interrupted_run_id)
 
     tags = {"model_name": model_name, "run_type": "training", **_dvc_tags(stage_name)}
     if resumed_from_run_id:

@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from stepbystep.errors import UserError
 from stepbystep.params import ClassifierParams, Params, TrainingParams
 from stepbystep.training import distributed
 from stepbystep.training.distributed import SINGLE_PROCESS, DistributedContext
+
+if TYPE_CHECKING:
+    from stepbystep.training import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +163,40 @@ def _losses_csv(history: dict[str, list[Any]]) -> str:
     return buffer.getvalue()
 
 
+def _recorded_run_id(run_file: Path) -> str | None:
+    """Return the MLflow run id that a training wrote to ``run_file`` when its run started, or ``None``."""
+    try:
+        return run_file.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_outputs(
+    trainer: Trainer, spec: ModelSpec, metadata: dict[str, Any], output_dir: Path, run_info: dict[str, Any]
+) -> None:
+    """Write ``model.pt``, ``losses.csv`` and ``run.json`` to ``output_dir``: all three, or none of them.
+
+    Each file is written atomically. When one write fails (no space left,
+    permission denied), the files written before it are removed again and the
+    ``OutputError`` propagates.
+    """
+    written: list[Path] = []
+    try:
+        path = output_dir / MODEL_FILE
+        trainer.save_checkpoint(path, metadata=metadata)
+        written.append(path)
+        path = output_dir / LOSSES_FILE
+        files.write_text(path, _losses_csv(trainer.history))
+        written.append(path)
+        path = output_dir / RUN_FILE
+        files.write_json(path, {"model": spec.name, "experiment_name": spec.experiment_name, **run_info})
+        written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def train_model(
     spec: ModelSpec,
     data: SplitData,
@@ -254,6 +291,14 @@ def train_model(
             raise TrainingFailed(
                 f"{spec.name}: {error}. Fix: lower {spec.stage}.lr (now {spec.training.lr}) and run again"
             ) from None
+        except KeyboardInterrupt:
+            # SIGINT, or SIGTERM inside an MLflow run, ends the epoch that is training.
+            if resume_file.exists():
+                next_step = f"the next run resumes from {resume_file}"
+            else:
+                next_step = "no resume checkpoint was written yet, so the next run starts over"
+            logger.warning("%s: interrupted during epoch %d; %s", spec.name, trainer.total_epochs + 1, next_step)
+            raise
 
     if not context.is_main:
         fit()
@@ -269,6 +314,8 @@ def train_model(
             stage_name=spec.stage,
             params=spec.config,
             resumed_from_run_id=resumed_from,
+            # The lock on the resume files means that the process that wrote this id has ended.
+            interrupted_run_id=_recorded_run_id(resume_run_file),
         ) as run:
             files.write_text(resume_run_file, run.info.run_id + "\n")
             mlflow_tracking.log_history(trainer.history, trainer.total_epochs)
@@ -278,20 +325,18 @@ def train_model(
                 )
             )
             fit()
-            final_checkpoint = output_dir / MODEL_FILE
-            trainer.save_checkpoint(final_checkpoint, metadata=metadata)
-            mlflow_tracking.log_final_checkpoint(final_checkpoint)
+            run_info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+            # Writing inside the run ends it FAILED when an output cannot be written.
+            _write_outputs(trainer, spec, metadata, output_dir, run_info)
+            mlflow_tracking.log_final_checkpoint(output_dir / MODEL_FILE)
             example = torch.as_tensor(preprocessing.transform(data.val_features[:5])).numpy()
             mlflow_tracking.log_final_model(trainer.model, example)
             # The current folder is the copy DVC runs, with the experiment's params applied.
             mlflow_tracking.log_code_snapshot()
-            run_info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
     else:
         fit()
-        trainer.save_checkpoint(output_dir / MODEL_FILE, metadata=metadata)
+        _write_outputs(trainer, spec, metadata, output_dir, run_info)
 
-    files.write_text(output_dir / LOSSES_FILE, _losses_csv(trainer.history))
-    files.write_json(output_dir / RUN_FILE, {"model": spec.name, "experiment_name": spec.experiment_name, **run_info})
     resume_file.unlink(missing_ok=True)
     resume_run_file.unlink(missing_ok=True)
     logger.info(
