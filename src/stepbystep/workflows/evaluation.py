@@ -253,8 +253,37 @@ def _name_weights(weights: Sequence[float]) -> dict[str, float]:
     return {f"w_{index}": float(value) for index, value in enumerate(weights)}
 
 
+def check_validation_split(evaluated: EvaluatedModel) -> None:
+    """Raise :class:`UserError` when the validation split is too small for the model's metrics.
+
+    ROC AUC and precision need both classes among the validation labels, and
+    r2 needs two different targets. The message names the split params to change.
+    """
+    labels = evaluated.data.val_targets
+    values = np.unique(labels)
+    if values.size >= 2:
+        return
+    key = f"split.{evaluated.dataset}"
+    if evaluated.is_classifier:
+        found = ", ".join(str(int(value)) for value in values) or "none"
+        problem = f"only the class labels [{found}], but ROC AUC and precision need both classes"
+        fix = (
+            f"raise {key}.val_fraction or add samples, or set {key}.stratify to true "
+            "(with method train_test_split), so that both classes reach the validation split"
+        )
+    else:
+        problem = f"{values.size} distinct targets, but r2 needs at least two"
+        fix = f"raise {key}.val_fraction or add samples"
+    samples = f"{labels.size} sample" if labels.size == 1 else f"{labels.size} samples"
+    raise UserError(
+        f"cannot evaluate model {evaluated.name!r}: the validation split of dataset {evaluated.dataset!r} "
+        f"has {samples} and {problem}. Fix: {fix}"
+    )
+
+
 def score_model(evaluated: EvaluatedModel, params: Params) -> dict[str, Any]:
     """Compute the metrics.json entry of one model on its validation split."""
+    check_validation_split(evaluated)
     labels = evaluated.data.val_targets
     common = {"val_loss": validation_loss(evaluated), "n_parameters": count_parameters(evaluated.model)}
     try:
