@@ -70,6 +70,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def os_errors_as_output_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Raise an ``OSError`` of the block as :class:`OutputError` that names the output ``path`` and a fix.
+
+    Use it around writers that manage their own temporary files, because their
+    errors name the temporary file, or no file at all on a full disk.
+    """
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(_describe_os_error(Path(path), error)) from error
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as temporary:

@@ -651,7 +651,8 @@ def evaluate(
         for dataset, group in group_by_dataset(models).items()
     }
     metrics = comparison.merge_task_metrics(tasks)
-    metrics_path = writers.write_metrics_json(reports_dir / METRICS_FILE, metrics)
+    with files.os_errors_as_output_error(reports_dir / METRICS_FILE):
+        metrics_path = writers.write_metrics_json(reports_dir / METRICS_FILE, metrics)
 
     # Plot data and figures, each folder replaced in one move.
     plots_dir = reports_dir / PLOTS_DIR
@@ -664,8 +665,10 @@ def evaluate(
     model_figures = {name: _relocate(paths, staging, figures_dir) for name, paths in drawn.by_model.items()}
 
     # The comparison report links or embeds the figures at their final place.
-    comparison_path = comparison.write_comparison_markdown(reports_dir / COMPARISON_FILE, tasks, sections)
-    report_path = comparison.write_report_html(reports_dir / REPORT_FILE, tasks, sections)
+    with files.os_errors_as_output_error(reports_dir / COMPARISON_FILE):
+        comparison_path = comparison.write_comparison_markdown(reports_dir / COMPARISON_FILE, tasks, sections)
+    with files.os_errors_as_output_error(reports_dir / REPORT_FILE):
+        report_path = comparison.write_report_html(reports_dir / REPORT_FILE, tasks, sections)
     logger.info(
         "wrote %s, %d plot files, %d figures, %s and %s",
         metrics_path,
