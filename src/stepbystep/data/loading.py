@@ -66,10 +66,10 @@ def make_loaders(
 
     ``batch_size=None`` puts the whole split in one batch. ``sampler="balanced"``
     draws with :func:`make_balanced_sampler` instead of shuffling. A horizontal
-    flip applies to training images only, one sample at a time.
+    flip applies to training images only, with one random draw per image.
     """
     from stepbystep.data.samplers import make_balanced_sampler
-    from stepbystep.training.feeding import BatchedLoader, TransformedTensorDataset
+    from stepbystep.training.feeding import BatchedLoader, RandomHorizontalFlip, TransformedTensorDataset
 
     x_train = preprocessing.transform(data.train_features)
     y_train = target_tensor(data.train_targets)
@@ -78,11 +78,10 @@ def make_loaders(
 
     transform = None
     if horizontal_flip > 0:
-        from torchvision.transforms import v2
-
         # Flipping commutes with the elementwise normalization already applied,
-        # so the result equals flipping first and normalizing after.
-        transform = v2.RandomHorizontalFlip(p=horizontal_flip)
+        # so the result equals flipping first and normalizing after. The flip
+        # draws as torchvision's RandomHorizontalFlip does, without importing torchvision.
+        transform = RandomHorizontalFlip(p=horizontal_flip)
 
     train_dataset = TransformedTensorDataset(x_train, y_train, transform=transform)
     val_dataset = TransformedTensorDataset(x_val, y_val)

@@ -12,7 +12,7 @@ from stepbystep.training.checkpoint import (
     save_checkpoint,
     validate_metadata,
 )
-from stepbystep.training.feeding import BatchedLoader, TransformedTensorDataset, make_batch_fetcher
+from stepbystep.training.feeding import BatchedLoader, RandomHorizontalFlip, TransformedTensorDataset, make_batch_fetcher
 from stepbystep.training.gradients import GradientStats
 from stepbystep.training.seeding import (
     capture_rng_state,
@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointCallback",
     "CheckpointError",
     "GradientStats",
+    "RandomHorizontalFlip",
     "Trainer",
     "TrainingDiverged",
     "TransformedTensorDataset",

@@ -89,6 +89,10 @@ class Trainer:
         track_gradients: record per-parameter gradient statistics every epoch.
         progress: show a tqdm bar over epochs; ``None`` shows it only when stderr
             is a terminal. Without the bar, one INFO log line per epoch is written.
+        num_threads: intra-op CPU threads (``torch.set_num_threads``) while ``train``
+            runs, restored when it returns or raises; ``None`` keeps the process's
+            setting. ``stepbystep.training.threads.choose_num_threads`` picks one
+            thread for small models.
 
     Attributes:
         total_epochs: completed epochs, counting from 1 and restored on resume.
@@ -119,6 +123,7 @@ class Trainer:
         early_stopping_min_delta: float = 0.0,
         track_gradients: bool = False,
         progress: bool | None = None,
+        num_threads: int | None = None,
     ) -> None:
         if scheduler_interval not in ("epoch", "batch"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
@@ -126,6 +131,8 @@ class Trainer:
             raise ValueError("set at most one of clip_grad_norm and clip_grad_value")
         if early_stopping_patience is not None and early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be at least 1, got {early_stopping_patience}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1, got {num_threads}")
 
         self.model = model
         self.forward_model: nn.Module = model
@@ -141,6 +148,7 @@ class Trainer:
         self.early_stopping_patience = early_stopping_patience
         self.early_stopping_min_delta = early_stopping_min_delta
         self.progress = progress
+        self.num_threads = num_threads
 
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -309,6 +317,17 @@ class Trainer:
             self.set_seed(seed)
         self.stop_training = False
 
+        previous_threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        try:
+            self._train_epochs(n_epochs)
+        finally:
+            if self.num_threads is not None:
+                torch.set_num_threads(previous_threads)
+        return self.history
+
+    def _train_epochs(self, n_epochs: int) -> None:
         for callback in self.callbacks:
             callback.on_train_begin(self)
 
@@ -332,7 +351,6 @@ class Trainer:
 
         for callback in self.callbacks:
             callback.on_train_end(self)
-        return self.history
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         if self.gradient_stats is not None:

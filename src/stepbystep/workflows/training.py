@@ -217,6 +217,7 @@ def train_model(
     """
     from stepbystep.training import CheckpointCallback, Trainer, TrainingDiverged
     from stepbystep.training.checkpoint import CheckpointError
+    from stepbystep.training.threads import choose_num_threads
 
     root = project_root()
     if context.is_distributed:
@@ -232,6 +233,7 @@ def train_model(
         clip_grad_norm=spec.training.clip_grad_norm,
         early_stopping_patience=spec.training.early_stopping_patience,
         track_gradients=True,
+        num_threads=choose_num_threads(model, getattr(train_loader, "batch_size", None) or 1),
     )
 
     metadata = {
