@@ -27,12 +27,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from numbers import Real
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from stepbystep.errors import UserError
@@ -89,6 +91,10 @@ CODE_PATHS = ("src", "stages", "params.yaml", "dvc.yaml")
 _IGNORED_CODE = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
 
 CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+
+# Seconds between two writes of buffered epoch metrics. The MLflow UI shows a
+# running training at most this long, plus one epoch, behind.
+DEFAULT_FLUSH_INTERVAL_S = 5.0
 EVALUATION_ARTIFACT_DIR = "evaluation"
 COMPARISON_ARTIFACT_DIR = "comparison"
 
@@ -210,20 +216,50 @@ def _end_active_run(run_id: str, status: str, failing: bool) -> None:
         logger.exception("failed to end MLflow run %s as %s", run_id, status)
 
 
+# Functions that write the metrics buffered for each run, keyed by run id.
+# _tracked_run calls them when the run ends (see MlflowCallback.flush).
+_pending_flushes: dict[str, list[Callable[[], None]]] = {}
+
+
+def _flush_pending_metrics(run_id: str, failing: bool) -> None:
+    """Write the metrics that callbacks buffered for ``run_id``.
+
+    While another error propagates (``failing``), a failure here is logged, not raised.
+    """
+    for flush in _pending_flushes.pop(run_id, []):
+        try:
+            flush()
+        except Exception:
+            if not failing:
+                raise
+            logger.exception("failed to write buffered metrics to MLflow run %s", run_id)
+
+
 @contextlib.contextmanager
 def _tracked_run(run: ActiveRun) -> Iterator[ActiveRun]:
-    """End ``run`` FINISHED when the block succeeds, KILLED on an interrupt or SIGTERM, FAILED on other exceptions."""
+    """End ``run`` FINISHED when the block succeeds, KILLED on an interrupt or SIGTERM, FAILED on other exceptions.
+
+    Metrics that callbacks still buffer are written first, whatever the outcome.
+    """
+    run_id = run.info.run_id
     try:
         with _sigterm_raises_interrupt():
             yield run
     except KeyboardInterrupt:
-        logger.warning("MLflow run %s interrupted, marking it KILLED", run.info.run_id)
-        _end_active_run(run.info.run_id, "KILLED", failing=True)
+        logger.warning("MLflow run %s interrupted, marking it KILLED", run_id)
+        _flush_pending_metrics(run_id, failing=True)
+        _end_active_run(run_id, "KILLED", failing=True)
         raise
     except BaseException:
-        _end_active_run(run.info.run_id, "FAILED", failing=True)
+        _flush_pending_metrics(run_id, failing=True)
+        _end_active_run(run_id, "FAILED", failing=True)
         raise
-    _end_active_run(run.info.run_id, "FINISHED", failing=False)
+    try:
+        _flush_pending_metrics(run_id, failing=False)
+    except BaseException:
+        _end_active_run(run_id, "FAILED", failing=True)
+        raise
+    _end_active_run(run_id, "FINISHED", failing=False)
 
 
 def _start_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> ActiveRun:
@@ -356,13 +392,22 @@ def _log_checkpoint(client: MlflowClient, run_id: str, path: Path, artifact_name
 class MlflowCallback(Callback):
     """Log every epoch's numeric logs to MLflow and, every ``checkpoint_every`` epochs, the checkpoint file.
 
-    The metrics of one epoch go in one ``log_batch`` call with ``step=epoch``
-    (see :func:`epoch_metrics`). When ``epoch % checkpoint_every == 0`` the file
-    ``checkpoint_path_fn(epoch)``, which a checkpoint callback earlier in the list
-    writes, is logged as ``checkpoints/epoch_<epoch:04d><suffix>``. A missing
-    file is logged as a warning, not raised. ``checkpoint_every=0`` or no
-    ``checkpoint_path_fn`` logs no checkpoints. The run is ``run_id`` or the
-    active run when training begins.
+    Each epoch's metrics get ``step=epoch`` and the time the epoch ended (see
+    :func:`epoch_metrics`). They are buffered and written in one ``log_batch``
+    call at the first epoch end ``flush_interval_s`` seconds after the last
+    write, at every checkpoint epoch and when training ends.
+    :func:`start_training_run` also writes them when its run ends for any
+    reason, an exception included. For another run, call :meth:`flush` when a
+    training raises, or the metrics since the last write are lost.
+    ``flush_interval_s=0`` writes every epoch. One write takes 20-30 ms with
+    SQLite on the 2-core machine of BENCHMARKS.md, longer than an epoch of the
+    chapter 4 models, while 500 epochs take 0.4 s in one write.
+
+    When ``epoch % checkpoint_every == 0`` the file ``checkpoint_path_fn(epoch)``,
+    which a checkpoint callback earlier in the list writes, is logged as
+    ``checkpoints/epoch_<epoch:04d><suffix>``. A missing file is logged as a
+    warning, not raised. ``checkpoint_every=0`` or no ``checkpoint_path_fn``
+    logs no checkpoints. The run is ``run_id`` or the active run when training begins.
     """
 
     def __init__(
@@ -370,31 +415,43 @@ class MlflowCallback(Callback):
         checkpoint_every: int = 0,
         checkpoint_path_fn: Callable[[int], str | os.PathLike[str]] | None = None,
         run_id: str | None = None,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
     ) -> None:
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 (off) or a positive number of epochs, got {checkpoint_every}")
+        if flush_interval_s < 0:
+            raise ValueError(f"flush_interval_s must be 0 (every epoch) or a positive number of seconds, got {flush_interval_s}")
         self.checkpoint_every = checkpoint_every
         self.checkpoint_path_fn = checkpoint_path_fn
         self.run_id = run_id
+        self.flush_interval_s = flush_interval_s
         self.logged_checkpoints: list[str] = []
         self._client: MlflowClient | None = None
+        self._buffer: list[Any] = []
+        self._last_flush = time.monotonic()
 
     def on_train_begin(self, trainer: Trainer) -> None:
         mlflow = import_mlflow()
         if self.run_id is None:
             self.run_id = _active_run_id()
         self._client = mlflow.MlflowClient()
+        self._last_flush = time.monotonic()
+        flushes = _pending_flushes.setdefault(self.run_id, [])
+        if self.flush not in flushes:
+            flushes.append(self.flush)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
-        client, run_id = self._require_client()
+        self._require_client()
+        self._buffer.extend(epoch_metrics(logs, epoch))
 
-        metrics = epoch_metrics(logs, epoch)
-        if metrics:
-            call_with_retries(
-                lambda: client.log_batch(run_id, metrics=metrics), f"logging epoch {epoch} metrics to run {run_id}"
-            )
+        checkpoint_due = bool(
+            self.checkpoint_every and self.checkpoint_path_fn is not None and epoch % self.checkpoint_every == 0
+        )
+        if checkpoint_due or time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
 
-        if self.checkpoint_every and self.checkpoint_path_fn is not None and epoch % self.checkpoint_every == 0:
+        if checkpoint_due:
+            client, run_id = self._require_client()
             path = Path(self.checkpoint_path_fn(epoch))
             if not path.is_file():
                 logger.warning(
@@ -404,6 +461,20 @@ class MlflowCallback(Callback):
             artifact_name = f"epoch_{epoch:04d}{path.suffix}"
             _log_checkpoint(client, run_id, path, artifact_name)
             self.logged_checkpoints.append(f"{CHECKPOINT_ARTIFACT_DIR}/{artifact_name}")
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metrics to the run in one ``log_batch`` call, which MLflow splits into batches of 1000."""
+        if not self._buffer:
+            return
+        client, run_id = self._require_client()
+        metrics, self._buffer = self._buffer, []
+        call_with_retries(
+            lambda: client.log_batch(run_id, metrics=metrics), f"logging {len(metrics)} epoch metrics to run {run_id}"
+        )
+        self._last_flush = time.monotonic()
 
     def _require_client(self) -> tuple[MlflowClient, str]:
         if self._client is None or self.run_id is None:
@@ -449,6 +520,57 @@ def log_final_checkpoint(path: str | os.PathLike[str], run_id: str | None = None
 # Model and code
 
 
+def _import_mlflow_pytorch() -> ModuleType:
+    """Import and return ``mlflow.pytorch`` without importing ``pytorch_lightning``.
+
+    MLflow 3.17 imports ``pytorch_lightning`` with ``mlflow.pytorch`` whenever
+    it is installed, as the ``bench`` extra does, only to export a Lightning
+    checkpoint callback. That import takes 3-5 s on the 2-core machine of
+    BENCHMARKS.md. A ``None`` entry in ``sys.modules`` makes it raise
+    ``ImportError``, which MLflow expects when Lightning is missing. The entry
+    is removed again, so Lightning can still be imported later in the process,
+    but ``mlflow.pytorch`` then lacks ``MlflowModelCheckpointCallback``.
+    """
+    if "mlflow.pytorch" not in sys.modules and "pytorch_lightning" not in sys.modules:
+        sys.modules["pytorch_lightning"] = None  # type: ignore[assignment]
+        try:
+            import mlflow.pytorch
+        finally:
+            if sys.modules.get("pytorch_lightning", 0) is None:
+                del sys.modules["pytorch_lightning"]
+    import mlflow.pytorch
+
+    return mlflow.pytorch
+
+
+@contextlib.contextmanager
+def _without_package_scan() -> Iterator[None]:
+    """Let MLflow check a model's pip requirements without mapping every installed package to its modules first.
+
+    Logging a model makes MLflow 3.17 compare the requirements with the
+    installed versions. Before the first comparison in a process it reads the
+    file list of every installed distribution to build a package-to-module
+    map (``mlflow.utils.requirements_utils._MODULES_TO_PACKAGES``). With
+    PyTorch's CUDA wheels installed that takes about 1 s on the 2-core machine
+    of BENCHMARKS.md. The map only supplies a module name for packages whose
+    version ``importlib.metadata`` cannot find, and the requirements logged
+    here (torch, cloudpickle, mlflow) are all found. An empty map during the
+    block skips the scan, and the unbuilt state is restored afterwards.
+    """
+    from mlflow.utils import requirements_utils
+
+    # NOTE: a private attribute of MLflow 3.17. Without it the scan runs as before.
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", "missing") is not None:
+        yield
+        return
+    requirements_utils._MODULES_TO_PACKAGES = {}
+    try:
+        yield
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = None
+        requirements_utils._PACKAGES_TO_MODULES = None
+
+
 def _export_error(model: torch.nn.Module, example: np.ndarray) -> str | None:
     """Return the first line of the error that ``torch.export`` raises for ``model``, or ``None`` when it exports.
 
@@ -481,7 +603,7 @@ def log_final_model(model: torch.nn.Module, input_example: np.ndarray, name: str
     belongs to no run.
     """
     mlflow = import_mlflow()
-    import mlflow.pytorch
+    _import_mlflow_pytorch()
     import numpy as np
     import torch
     from mlflow.models import infer_signature
@@ -507,13 +629,14 @@ def log_final_model(model: torch.nn.Module, input_example: np.ndarray, name: str
         "pip_requirements": mlflow.pytorch.get_default_pip_requirements(),
     }
     export_error = _export_error(cpu_model, example)
-    if export_error is None:
-        info = mlflow.pytorch.log_model(cpu_model, serialization_format="pt2", **common)
-        serialization = "pt2"
-    else:
-        logger.warning("torch.export failed for model %r (%s), so it is logged with pickle", name, export_error)
-        info = mlflow.pytorch.log_model(cpu_model, serialization_format="pickle", **common)
-        serialization = "pickle"
+    with _without_package_scan():
+        if export_error is None:
+            info = mlflow.pytorch.log_model(cpu_model, serialization_format="pt2", **common)
+            serialization = "pt2"
+        else:
+            logger.warning("torch.export failed for model %r (%s), so it is logged with pickle", name, export_error)
+            info = mlflow.pytorch.log_model(cpu_model, serialization_format="pickle", **common)
+            serialization = "pickle"
 
     client = mlflow.MlflowClient()
     call_with_retries(
