@@ -1,5 +1,6 @@
 """Stage build_images: write the chapter 4 line images as PNG files in class subfolders."""
 
+import _project  # noqa: F401  (first: the stages run the src/ next to them)
 from stepbystep.data.layout import dataset_dir
 from stepbystep.errors import run_stage
 

@@ -1,5 +1,6 @@
 """Stage evaluate: metrics, plot data, figures and the comparison report of every trained model under reports/."""
 
+import _project  # noqa: F401  (first: the stages run the src/ next to them)
 from stepbystep.errors import run_stage
 
 

@@ -1,5 +1,6 @@
 """Stage generate_data: write the synthetic regression and two-moons tables under data/."""
 
+import _project  # noqa: F401  (first: the stages run the src/ next to them)
 from stepbystep.data.layout import dataset_dir
 from stepbystep.errors import run_stage
 

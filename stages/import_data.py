@@ -3,6 +3,7 @@
 Usage: python stages/import_data.py DATASET_NAME
 """
 
+import _project  # noqa: F401  (first: the stages run the src/ next to them)
 import sys
 
 from stepbystep.errors import UserError, run_stage

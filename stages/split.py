@@ -6,6 +6,7 @@ Without a name it splits every dataset of the split section except the
 imported ones, whose split_imported@<name> stages pass their name.
 """
 
+import _project  # noqa: F401  (first: the stages run the src/ next to them)
 import sys
 
 from stepbystep.data.layout import DATA_DIR, SPLITS_DIR

@@ -6,6 +6,7 @@ With train_classifier.<name>.nproc_per_node above 1 the stage restarts itself
 under torchrun; started by torchrun, it trains in torchrun's process group.
 """
 
+import _project  # noqa: F401  (first: the stages run the src/ next to them)
 import sys
 
 from stepbystep.errors import UserError, run_stage

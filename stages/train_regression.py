@@ -4,6 +4,7 @@ With train_regression.nproc_per_node above 1 the stage restarts itself under
 torchrun; started by torchrun, it trains in torchrun's process group.
 """
 
+import _project  # noqa: F401  (first: the stages run the src/ next to them)
 from stepbystep.errors import run_stage
 
 OUTPUT_DIR = "models/linear_regression"
