@@ -308,17 +308,17 @@ class StorePoller:
         self._thread.join(timeout=120)
 
 
-def start_mlflow_ui(project: Path, port: int, log: Path) -> subprocess.Popen:
-    """Start `mlflow ui` on 127.0.0.1:``port`` over the project's store and wait until it responds."""
+def start_mlflow_ui(database: Path, port: int, log: Path) -> subprocess.Popen:
+    """Start `mlflow ui` on 127.0.0.1:``port`` over the SQLite file ``database`` and wait until it responds."""
     env = project_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with open(log, "w") as handle:
         server = subprocess.Popen(
             [
                 str(BIN_DIR / "mlflow"), "ui",
-                "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+                "--backend-store-uri", f"sqlite:///{database}",
                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             ],
-            cwd=project,
+            cwd=database.parent,
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -354,7 +354,7 @@ def reference(base_project: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     folder = tmp_path_factory.mktemp("reference")
     root = copy_project(base_project, folder / "project")
     port = free_port()
-    server = start_mlflow_ui(root, port, folder / "mlflow-ui.log")
+    server = start_mlflow_ui(root / "mlflow.db", port, folder / "mlflow-ui.log")
     try:
         with StorePoller(f"http://127.0.0.1:{port}") as poller:
             result = run(["dvc", "repro", "evaluate"], root, check=False)
@@ -514,6 +514,34 @@ def test_unreachable_server_fails_fast(project: Path) -> None:
     assert "unset MLFLOW_TRACKING_URI" in result.stderr
     assert_no_traceback(result.stderr)
     assert not any((project / "models" / REGRESSION).glob("*"))
+
+
+def test_server_lost_mid_training(project: Path, tmp_path: Path) -> None:
+    store = tmp_path / "server"
+    store.mkdir()
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_ui(store / "mlflow.db", port, tmp_path / "mlflow-ui.log")
+    log = tmp_path / "repro.log"
+    try:
+        # Without MLflow's HTTP retries (3 by default here) each failing request gives up at once.
+        process = start_repro(
+            project, log, "train_regression", MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"
+        )
+        wait_for_pattern(log, rf"epoch 2/{EPOCHS} ", process)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    status = process.wait(timeout=STAGE_TIMEOUT_S)
+    output = log.read_text()
+
+    assert status != 0
+    assert re.search(rf"error: MLflow run \w+ stopped: MLflow tracking server {uri} is unreachable", output)
+    assert "Fix: start the server" in output
+    assert_no_traceback(output)
+    assert not any((project / "models" / REGRESSION).glob("*"))
+    (checkpoint_epoch,) = checkpoint_epochs(project)
+    assert checkpoint_epoch >= 2
 
 
 # --- a full disk and a folder without write permission ---------------------------------

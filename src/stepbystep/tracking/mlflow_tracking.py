@@ -210,10 +210,13 @@ def _end_active_run(run_id: str, status: str, failing: bool) -> None:
     mlflow = import_mlflow()
     try:
         call_with_retries(lambda: mlflow.end_run(status), f"ending MLflow run {run_id} as {status}")
-    except Exception:
+    except Exception as error:
         if not failing:
             raise
-        logger.exception("failed to end MLflow run %s as %s", run_id, status)
+        # The propagating error explains the failure, so the traceback is logged only at DEBUG level.
+        logger.error(
+            "failed to end MLflow run %s as %s: %s", run_id, status, error, exc_info=logger.isEnabledFor(logging.DEBUG)
+        )
 
 
 # Functions that write the metrics buffered for each run, keyed by run id.
@@ -229,10 +232,15 @@ def _flush_pending_metrics(run_id: str, failing: bool) -> None:
     for flush in _pending_flushes.pop(run_id, []):
         try:
             flush()
-        except Exception:
+        except Exception as error:
             if not failing:
                 raise
-            logger.exception("failed to write buffered metrics to MLflow run %s", run_id)
+            logger.error(
+                "failed to write buffered metrics to MLflow run %s: %s",
+                run_id,
+                error,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
 
 
 @contextlib.contextmanager
@@ -250,16 +258,35 @@ def _tracked_run(run: ActiveRun) -> Iterator[ActiveRun]:
         _flush_pending_metrics(run_id, failing=True)
         _end_active_run(run_id, "KILLED", failing=True)
         raise
-    except BaseException:
+    except BaseException as error:
         _flush_pending_metrics(run_id, failing=True)
         _end_active_run(run_id, "FAILED", failing=True)
+        _raise_if_server_lost(run_id, error)
         raise
     try:
         _flush_pending_metrics(run_id, failing=False)
-    except BaseException:
+    except BaseException as error:
         _end_active_run(run_id, "FAILED", failing=True)
+        _raise_if_server_lost(run_id, error)
         raise
     _end_active_run(run_id, "FINISHED", failing=False)
+
+
+def _raise_if_server_lost(run_id: str, error: BaseException) -> None:
+    """Raise :class:`UserError` from ``error`` when it is an MLflow error and the tracking server no longer responds.
+
+    A server that stops during a run makes MLflow raise, after its retries, an
+    ``MlflowException`` whose traceback buries the cause. One request to the
+    server's health endpoint tells that case apart from other MLflow errors.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException):
+        return
+    try:
+        check_tracking_server(import_mlflow().get_tracking_uri())
+    except UserError as lost:
+        raise UserError(f"MLflow run {run_id} stopped: {lost}") from error
 
 
 def _start_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> ActiveRun:
