@@ -36,5 +36,15 @@ mlflow-ui: $(INSTALLED)
 		--artifacts-destination $(CURDIR)/mlartifacts \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
+# Benchmarks, not part of the tests (see BENCHMARKS.md): the trainer against a
+# hand-written loop, the book's loop and Lightning, one thread against two,
+# and epoch time and memory against data size. Lightning comes with the bench
+# extra, which this target installs within the pinned versions.
+bench: $(INSTALLED)
+	python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e '.[bench]'
+	python benchmarks/bench_trainer.py --csv benchmarks/results/trainer.csv
+	python benchmarks/bench_threads.py --csv benchmarks/results/threads.csv
+	python benchmarks/bench_scaling.py --csv benchmarks/results/scaling.csv --plot benchmarks/scaling.png
+
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache

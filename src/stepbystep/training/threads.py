@@ -4,7 +4,7 @@ PyTorch starts with one intra-op thread per core. A training step of a model
 like the chapter 4 classifiers (under 200 parameters, batches of 16) is a few
 dozen operations on tensors of a few hundred elements. Handing such an
 operation to the thread pool costs more than computing it, and when another
-process holds a core every parallel region also waits for a descheduled
+process occupies a core every parallel region also waits for a descheduled
 worker. ``benchmarks/bench_threads.py`` times steps of growing size with one
 thread and with the default; BENCHMARKS.md lists its results.
 """
@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 # Batch size times parameter count below which one thread is used. Up to this
-# size a dense step takes well under a millisecond on one core, which is the
-# range where waking a second thread costs as much as the step itself.
+# size a step of a dense model takes under a millisecond on one core
+# (benchmarks/bench_threads.py), so a second thread can save little, and it
+# costs several times the step when another process occupies the other core.
+# NOTE: an estimate from runs on a shared 2-core machine, not measured on an idle one.
 SMALL_STEP_WORK = 2**20
 
 # Variables through which users choose the thread count themselves.
