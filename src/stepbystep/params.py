@@ -213,7 +213,7 @@ class ImportDataParams(Section):
 
 
 class SplitParams(Section):
-    """How one dataset is split into training and validation indices."""
+    """The split of one dataset into training and validation indices."""
 
     method: Literal["random_split", "train_test_split"]
     train_fraction: Fraction
@@ -401,7 +401,7 @@ def _format_value(value: Any) -> str:
 
 
 def _schema_model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """Return the schema model that holds the keys at ``loc``, skipping user-named dict keys."""
+    """Return the schema model that contains the keys at ``loc``, skipping user-named dict keys."""
     model: Any = Params
     skip_next = False
     for part in loc:

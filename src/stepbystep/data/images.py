@@ -1,6 +1,6 @@
 """The line-image dataset of chapter 4, and image folders in the class-subfolder layout.
 
-An image folder holds ``<root>/<class>/<id>.png`` files, a ``manifest.csv``
+An image folder contains ``<root>/<class>/<id>.png`` files, a ``manifest.csv``
 with one row per image (``file``, ``class``, ``label`` and, for the synthetic
 set, ``line_kind``) in dataset order, and a ``dataset.json`` description. Split
 indices refer to manifest rows.
