@@ -128,7 +128,7 @@ def _claim_resume_files(folder: Path, fingerprint: str) -> tuple[Path, Path]:
     """Return the resume checkpoint and run-id files of a configuration, locked for this process.
 
     Parallel experiments (``dvc queue start -j 2``) can train the same
-    configuration at the same time. The process that holds the ``flock`` on
+    configuration at the same time. The process that has the ``flock`` on
     ``.locks/<model>-<fingerprint>.lock`` next to ``folder`` uses
     ``<fingerprint>.pt`` and ``.run``. Any other process gets files named after
     its process id, so that it neither resumes from nor deletes a checkpoint
@@ -208,7 +208,7 @@ def train_model(
     track: bool = True,
     context: DistributedContext = SINGLE_PROCESS,
 ) -> dict[str, Any]:
-    """Train ``model`` as ``spec`` says, resuming when possible, and write the outputs to ``output_dir``.
+    """Train ``model`` with the settings of ``spec``, resuming when possible, and write the outputs to ``output_dir``.
 
     Returns the metadata stored in ``model.pt``. Raises :class:`TrainingFailed`
     when the loss diverges; then no output is written. In a process group
