@@ -16,11 +16,10 @@ import os
 import torch
 from torch import nn
 
-# Batch size times parameter count below which one thread is used. Up to this
-# size a step of a dense model takes under a millisecond on one core
-# (benchmarks/bench_threads.py), so a second thread can save little, and it
-# costs several times the step when another process occupies the other core.
-# NOTE: an estimate from runs on a shared 2-core machine, not measured on an idle one.
+# Batch size times parameter count below which one thread is used. On an idle
+# 2-core machine (benchmarks/bench_threads.py, BENCHMARKS.md) one thread was as
+# fast as two up to 1.5e6 and two were 1.5x faster from 1.9e7. When another
+# process occupies the second core, two threads were slower at every size.
 SMALL_STEP_WORK = 2**20
 
 # Variables through which users choose the thread count themselves.
