@@ -83,21 +83,6 @@ def metrics_to_log(existing: Mapping[str, float], metrics: Mapping[str, float]) 
     return {key: value for key, value in metrics.items() if existing.get(key) != value}
 
 
-def _get_run(client: MlflowClient, run_id: str, uri: str) -> Run:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return call_with_retries(lambda: client.get_run(run_id), f"reading MLflow run {run_id}")
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        raise UserError(
-            f"MLflow run {run_id} not found in {uri}. "
-            "Fix: train the model again (`dvc repro --force <train stage>`) or set MLFLOW_TRACKING_URI "
-            "to the store that holds the run"
-        ) from None
-
-
 def log_model_evaluation(
     run_id: str,
     entry: Mapping[str, Any],
@@ -114,7 +99,7 @@ def log_model_evaluation(
     mlflow = import_mlflow()
     uri = connect(project_root)
     client = mlflow.MlflowClient(uri)
-    run = _get_run(client, run_id, uri)
+    run = mlflow_tracking.get_run(client, run_id, uri)
 
     new_metrics = metrics_to_log(run.data.metrics, flatten_metrics(entry))
     if new_metrics:

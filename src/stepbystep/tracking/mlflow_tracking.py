@@ -277,7 +277,7 @@ def _raise_if_server_lost(run_id: str, error: BaseException) -> None:
 
     A server that stops during a run makes MLflow raise, after its retries, an
     ``MlflowException`` whose traceback buries the cause. One request to the
-    server's health endpoint tells that case apart from other MLflow errors.
+    server's health endpoint distinguishes that case from other MLflow errors.
     """
     from mlflow.exceptions import MlflowException
 
@@ -746,6 +746,22 @@ def _metric_entries(metrics: Mapping[str, float], step: int) -> list[Any]:
     return [Metric(key=key, value=float(value), timestamp=timestamp_ms, step=step) for key, value in metrics.items()]
 
 
+def get_run(client: MlflowClient, run_id: str, uri: str) -> Any:
+    """Read run ``run_id``, retrying a locked database; raise :class:`UserError` when the store lacks it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call_with_retries(lambda: client.get_run(run_id), f"reading MLflow run {run_id}")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise UserError(
+            f"MLflow run {run_id} not found in {uri}. "
+            "Fix: train the model again (`dvc repro --force <train stage>`) or set MLFLOW_TRACKING_URI "
+            "to the store that contains the run"
+        ) from None
+
+
 def log_metrics_to_run(
     run_id: str,
     metrics: Mapping[str, float],
@@ -760,20 +776,10 @@ def log_metrics_to_run(
     store has no run ``run_id``, for example after ``mlflow.db`` was removed.
     """
     mlflow = import_mlflow()
-    from mlflow.exceptions import MlflowException
 
     uri = connect(project_root)
     client = mlflow.MlflowClient(uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        raise UserError(
-            f"MLflow run {run_id} not found in {uri}. "
-            "Fix: train the model again (`dvc repro --force <train stage>`) or set MLFLOW_TRACKING_URI "
-            "to the store that holds the run"
-        ) from None
+    get_run(client, run_id, uri)
 
     entries = _metric_entries(metrics, step)
     if entries:
