@@ -67,7 +67,7 @@ def make_project(destination: Path, git: bool = True) -> Path:
 
 
 def commit_project(root: Path) -> None:
-    """Make ``root`` a git repository whose first commit holds every file there."""
+    """Make ``root`` a git repository whose first commit contains every file there."""
     run(["git", "init", "-q", "-b", "main"], root)
     run(["git", "config", "user.email", "tests@example.com"], root)
     run(["git", "config", "user.name", "Tests"], root)

@@ -16,7 +16,7 @@ EXIT_USER_ERROR = 1
 
 
 class UserError(Exception):
-    """An error in the user's input or environment, with a message that says how to fix it."""
+    """An error in the user's input or environment, with a message that explains how to fix it."""
 
 
 class ParamsError(UserError):

@@ -5,7 +5,7 @@ with one row per image (``file``, ``class``, ``label`` and, for the synthetic
 set, ``line_kind``) in dataset order, and a ``dataset.json`` description. Split
 indices refer to manifest rows.
 
-An imported image folder holds no image files. Its images are decoded once
+An imported image folder contains no image files. Its images are decoded once
 into ``images.npy``, a uint8 array of shape (N, C, H, W) in manifest order that
 readers memory-map, and its manifest names the files of the source folder.
 """
@@ -38,9 +38,9 @@ def draw_line(start: int, target: int, img_size: int) -> np.ndarray:
     """Return one ``(img_size, img_size)`` uint8 image with a line of 255 on 0.
 
     A positive ``start`` is a row, zero or negative is the column ``|start|``.
-    Target 0 draws a straight line along that row or column; target 1 a
-    diagonal going up to the right and target 2 one going down to the right,
-    both beginning at that row (in column 0) or that column (in the last or
+    Target 0 draws a straight line along that row or column. Target 1 draws a
+    diagonal going up to the right and target 2 one going down to the right.
+    Both begin at that row (in column 0) or at that column (in the last or
     first row). A diagonal never begins in column 0 from a column start.
     """
     image = np.zeros((img_size, img_size), dtype=np.uint8)

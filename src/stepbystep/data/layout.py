@@ -1,4 +1,4 @@
-"""Where the pipeline keeps its files, relative to the project root."""
+"""File locations of the pipeline, relative to the project root."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""What each stage does, end to end: the functions that stage scripts call."""
+"""Stage workflows: the end-to-end functions that stage scripts call."""
