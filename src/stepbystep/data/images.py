@@ -164,6 +164,20 @@ def read_manifest(root: Path) -> list[dict[str, str]]:
         raise DataError(f"image manifest not found: {path}. Fix: run `dvc repro` to build it") from None
 
 
+def read_manifest_labels(root: Path) -> np.ndarray:
+    """Return the labels of an image folder's manifest as int64, in dataset order, reading one row at a time."""
+    path = Path(root) / MANIFEST_FILE
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return np.fromiter((int(row["label"]) for row in csv.DictReader(handle)), dtype=np.int64)
+    except FileNotFoundError:
+        raise DataError(f"image manifest not found: {path}. Fix: run `dvc repro` to build it") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"{path}: a row has no integer label ({error!r}). Fix: run `dvc repro` to build it"
+        ) from None
+
+
 def read_image_cache(root: Path, info: dict[str, Any], n_rows: int) -> np.ndarray:
     """Memory-map the decoded images of an imported folder, read-only, and check their shape against the manifest."""
     path = Path(root) / info["cache"]
@@ -195,10 +209,11 @@ def read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any
 
     root = Path(root)
     info = read_info(root)
+    if info.get("cache"):
+        labels = read_manifest_labels(root)
+        return read_image_cache(root, info, len(labels)), labels, info
     rows = read_manifest(root)
     labels = np.array([int(row["label"]) for row in rows], dtype=np.int64)
-    if info.get("cache"):
-        return read_image_cache(root, info, len(rows)), labels, info
 
     images = np.empty((len(rows), info["channels"], info["height"], info["width"]), dtype=np.uint8)
     for index, row in enumerate(rows):

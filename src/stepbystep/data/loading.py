@@ -2,31 +2,76 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from stepbystep.data.preprocessing import Preprocessing
-from stepbystep.data.splits import read_split
+from stepbystep.data.preprocessing import Preprocessing, chunk_rows
+from stepbystep.data.splits import read_split_indices
 from stepbystep.data.tables import read_info
+from stepbystep.errors import DataError
 
 
-@dataclass
 class SplitData:
-    """Raw features and targets of one dataset, divided by a split."""
+    """Raw features and targets of one dataset, with the rows of its training and validation sets.
 
-    info: dict[str, Any]
-    train_features: np.ndarray
-    train_targets: np.ndarray
-    val_features: np.ndarray
-    val_targets: np.ndarray
+    ``features`` and ``targets`` hold every row; for an imported image folder
+    ``features`` is a read-only memory map of its cache. ``train_index`` and
+    ``val_index`` list the rows of each set in the split's order. The
+    ``train_*`` and ``val_*`` properties copy their rows out on first use and
+    keep the copy. The training path reads through the indices instead, so
+    it never copies the images whole.
+    """
+
+    def __init__(
+        self,
+        info: dict[str, Any],
+        features: np.ndarray,
+        targets: np.ndarray,
+        train_index: np.ndarray,
+        val_index: np.ndarray,
+    ) -> None:
+        self.info = info
+        self.features = features
+        self.targets = targets
+        self.train_index = train_index
+        self.val_index = val_index
 
     @property
     def kind(self) -> str:
         return self.info["kind"]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's raw features: ``(n_features,)`` or ``(channels, height, width)``."""
+        return tuple(self.features.shape[1:])
+
+    @functools.cached_property
+    def train_features(self) -> np.ndarray:
+        return self.features[self.train_index]
+
+    @functools.cached_property
+    def val_features(self) -> np.ndarray:
+        return self.features[self.val_index]
+
+    @functools.cached_property
+    def train_targets(self) -> np.ndarray:
+        return self.targets[self.train_index]
+
+    @functools.cached_property
+    def val_targets(self) -> np.ndarray:
+        return self.targets[self.val_index]
+
+    def update_hash(self, digest: Any) -> None:
+        """Feed the data and the split into ``digest`` (a ``hashlib`` object), a chunk at a time."""
+        step = chunk_rows(self.features)
+        for start in range(0, len(self.features), step):
+            digest.update(np.ascontiguousarray(self.features[start : start + step]).tobytes())
+        for array in (self.targets, self.train_index, self.val_index):
+            digest.update(np.ascontiguousarray(array).tobytes())
 
 
 def read_dataset(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -43,16 +88,68 @@ def read_dataset(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 
 def load_split_data(folder: Path, split_file: Path) -> SplitData:
     """Read a dataset and select its training and validation rows, in the split's order."""
+    # The split first: its text is freed before the data is read.
+    train, val = read_split_indices(split_file)
     features, targets, info = read_dataset(folder)
-    split = read_split(split_file)
-    train = np.asarray(split["train"], dtype=np.int64)
-    val = np.asarray(split["val"], dtype=np.int64)
-    return SplitData(info, features[train], targets[train], features[val], targets[val])
+    for name, index in (("train", train), ("val", val)):
+        if len(index) and (index.min() < 0 or index.max() >= len(features)):
+            raise DataError(
+                f"{split_file}: the {name} rows run from {index.min()} to {index.max()}, but {folder} has "
+                f"{len(features)} rows. Fix: run `dvc repro` so the split matches the data"
+            )
+    return SplitData(info, features, targets, train, val)
 
 
 def target_tensor(targets: np.ndarray) -> torch.Tensor:
     """Return targets as float32 of shape (N, 1), as losses for one output expect."""
     return torch.as_tensor(targets.reshape(-1, 1)).float()
+
+
+class PreprocessedRows(torch.utils.data.Dataset):
+    """Rows of raw features, preprocessed one batch at a time when they are fetched.
+
+    Sample ``i`` is ``preprocessing.transform(features[rows[i]])`` with target
+    ``targets[i]``. ``get_batch`` gathers a whole batch from ``features``, a
+    memory map or an array, so only the batch is ever in float form: the
+    images of a large folder never take 4 or 8 bytes per pixel at once. The
+    values equal those of transforming all rows up front, because the
+    preprocessing works on each value or row alone. ``transform``, such as
+    :class:`RandomHorizontalFlip`, then runs on the batch with its
+    ``apply_batch`` method, or on each sample in order without one.
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        rows: np.ndarray,
+        targets: torch.Tensor,
+        preprocessing: Preprocessing,
+        transform: Any = None,
+    ) -> None:
+        if len(rows) != len(targets):
+            raise ValueError(f"rows and targets must have the same length, got {len(rows)} and {len(targets)}")
+        # A plain view of a memory map skips np.memmap's indexing in Python on every batch.
+        self.features = np.asarray(features)
+        self.rows = rows
+        self.targets = targets
+        self.preprocessing = preprocessing
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.get_batch(torch.tensor([index]))
+        return x[0], y[0]
+
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the preprocessed features and the targets at ``indices`` (a 1-D int64 tensor)."""
+        positions = indices.numpy()
+        x = self.preprocessing.transform(self.features, self.rows[positions])
+        if self.transform is not None:
+            apply_batch = getattr(self.transform, "apply_batch", None)
+            x = apply_batch(x) if apply_batch is not None else torch.stack([self.transform(sample) for sample in x])
+        return x, self.targets[indices]
 
 
 def make_loaders(
@@ -67,24 +164,34 @@ def make_loaders(
     ``batch_size=None`` puts the whole split in one batch. ``sampler="balanced"``
     draws with :func:`make_balanced_sampler` instead of shuffling. A horizontal
     flip applies to training images only, with one random draw per image.
+
+    Table rows are preprocessed once into float32 tensors. Images stay raw
+    uint8 (memory-mapped for an imported folder) and each batch is
+    preprocessed when it is fetched, so memory stays below the size of the
+    pixels. Both give the same batches, bit for bit, as preprocessing every
+    row first would.
     """
     from stepbystep.data.samplers import make_balanced_sampler
     from stepbystep.training.feeding import BatchedLoader, RandomHorizontalFlip, TransformedTensorDataset
 
-    x_train = preprocessing.transform(data.train_features)
-    y_train = target_tensor(data.train_targets)
-    x_val = preprocessing.transform(data.val_features)
-    y_val = target_tensor(data.val_targets)
+    y_train = target_tensor(data.targets[data.train_index])
+    y_val = target_tensor(data.targets[data.val_index])
 
     transform = None
     if horizontal_flip > 0:
-        # Flipping commutes with the elementwise normalization already applied,
-        # so the result equals flipping first and normalizing after. The flip
-        # draws as torchvision's RandomHorizontalFlip does, without importing torchvision.
+        # Flipping commutes with the elementwise normalization, so the result
+        # equals flipping first and normalizing after. The flip draws as
+        # torchvision's RandomHorizontalFlip does, without importing torchvision.
         transform = RandomHorizontalFlip(p=horizontal_flip)
 
-    train_dataset = TransformedTensorDataset(x_train, y_train, transform=transform)
-    val_dataset = TransformedTensorDataset(x_val, y_val)
+    if data.kind == "images":
+        train_dataset: Any = PreprocessedRows(data.features, data.train_index, y_train, preprocessing, transform)
+        val_dataset: Any = PreprocessedRows(data.features, data.val_index, y_val, preprocessing)
+    else:
+        x_train = preprocessing.transform(data.features, data.train_index)
+        x_val = preprocessing.transform(data.features, data.val_index)
+        train_dataset = TransformedTensorDataset(x_train, y_train, transform=transform)
+        val_dataset = TransformedTensorDataset(x_val, y_val)
     train_batch = batch_size or len(train_dataset)
     val_batch = batch_size or len(val_dataset)
 

@@ -4,6 +4,11 @@ A :class:`Preprocessing` turns raw features (table rows or uint8 images) into
 the float32 tensors a model consumes. Its state is a dict of plain Python
 values, stored in the model checkpoint, so evaluation and prediction rebuild
 exactly the transformation the model was trained with.
+
+The arithmetic runs in float64 on chunks of rows and only the float32 result
+is kept, so the float64 temporaries stay a few MiB however large the data is.
+Every step is elementwise or per row, so the result does not depend on the
+chunk size.
 """
 
 from __future__ import annotations
@@ -16,6 +21,23 @@ import numpy as np
 import torch
 
 from stepbystep.params import NormalizationParams
+
+# Float64 values per chunk (8 MiB): small enough to keep temporaries out of
+# the peak memory, large enough that the per-chunk overhead does not show.
+CHUNK_VALUES = 2**20
+
+
+def chunk_rows(features: np.ndarray) -> int:
+    """Return how many rows of ``features`` make one chunk of about :data:`CHUNK_VALUES` values."""
+    values_per_row = int(np.prod(features.shape[1:], dtype=np.int64)) or 1
+    return max(1, CHUNK_VALUES // values_per_row)
+
+
+def select_rows(features: np.ndarray, rows: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+    """Return rows ``start:stop`` of ``features``, or of ``features[rows]`` when ``rows`` is given."""
+    if rows is None:
+        return features[start:stop]
+    return features[rows[start:stop]]
 
 
 def polynomial_exponents(n_features: int, degree: int) -> list[list[int]]:
@@ -52,9 +74,18 @@ class Preprocessing:
 
     @classmethod
     def fit(
-        cls, kind: str, train_features: np.ndarray, normalization: NormalizationParams, polynomial_degree: int = 1
+        cls,
+        kind: str,
+        train_features: np.ndarray,
+        normalization: NormalizationParams,
+        polynomial_degree: int = 1,
+        rows: np.ndarray | None = None,
     ) -> Preprocessing:
-        """Fit on the training split only: the statistics never see validation rows."""
+        """Fit on the training split only: the statistics never see validation rows.
+
+        With ``rows``, the training rows are ``train_features[rows]``, read a
+        chunk at a time, so a memory-mapped array is never copied whole.
+        """
         exponents: list[list[int]] = []
         if kind == "table" and polynomial_degree > 1:
             exponents = polynomial_exponents(train_features.shape[1], polynomial_degree)
@@ -64,21 +95,44 @@ class Preprocessing:
             preprocessing.mean = [float(normalization.mean)]
             preprocessing.std = [float(normalization.std)]
         elif normalization.method == "standardize":
-            values = preprocessing._scale(train_features)
-            # One statistic per column of a table, per channel of images; the
-            # population standard deviation, as scikit-learn's StandardScaler.
-            axes = 0 if kind == "table" else (0, 2, 3)
-            mean = values.mean(axis=axes)
-            std = values.std(axis=axes)
+            mean, std = preprocessing._statistics(train_features, rows)
             std = np.where(std == 0, 1.0, std)
             preprocessing.mean = [float(value) for value in np.atleast_1d(mean)]
             preprocessing.std = [float(value) for value in np.atleast_1d(std)]
         return preprocessing
 
+    def _statistics(self, features: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the mean and the population standard deviation of the scaled features, as StandardScaler's.
+
+        One statistic per column of a table, per channel of images. Data of
+        one chunk gets NumPy's ``mean`` and ``std`` on all of it at once.
+        Larger data takes two passes over chunks, the sum first and the
+        squared deviations from the mean second, which agrees with the
+        one-pass result to rounding.
+        """
+        axes: int | tuple[int, ...] = 0 if self.kind == "table" else (0, 2, 3)
+        n_rows = len(features) if rows is None else len(rows)
+        step = chunk_rows(features)
+        if n_rows <= step:
+            values = self._scale(select_rows(features, rows, 0, n_rows))
+            return values.mean(axis=axes), values.std(axis=axes)
+
+        values_per_statistic = n_rows * (1 if self.kind == "table" else features.shape[2] * features.shape[3])
+        total = 0.0
+        for start in range(0, n_rows, step):
+            total = total + self._scale(select_rows(features, rows, start, start + step)).sum(axis=axes)
+        mean = total / values_per_statistic
+        shape = (1, -1) if self.kind == "table" else (1, -1, 1, 1)
+        squares = 0.0
+        for start in range(0, n_rows, step):
+            deviations = self._scale(select_rows(features, rows, start, start + step)) - mean.reshape(shape)
+            squares = squares + np.square(deviations).sum(axis=axes)
+        return mean, np.sqrt(squares / values_per_statistic)
+
     def _scale(self, features: np.ndarray) -> np.ndarray:
         if self.kind == "images":
             return features.astype(np.float64) / 255.0
-        return features.astype(np.float64)
+        return np.asarray(features, dtype=np.float64)
 
     @property
     def n_features(self) -> int | None:
@@ -89,23 +143,46 @@ class Preprocessing:
         """Apply the fitted normalization to already scaled values."""
         if self.normalization == "none":
             return values
-        mean = np.asarray(self.mean, dtype=np.float64)
-        std = np.asarray(self.std, dtype=np.float64)
-        if self.kind == "images":
-            mean = mean.reshape(1, -1, 1, 1)
-            std = std.reshape(1, -1, 1, 1)
+        mean, std = self._normalization_arrays()
         return (values - mean) / std
 
-    def transform(self, features: np.ndarray) -> torch.Tensor:
+    def _normalization_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        # Built once per mean and std, since a batch of images calls this each time it is fetched.
+        key = (tuple(self.mean), tuple(self.std))
+        cached = self.__dict__.get("_arrays")
+        if cached is None or cached[0] != key:
+            shape = (1, -1, 1, 1) if self.kind == "images" else (-1,)
+            mean = np.asarray(self.mean, dtype=np.float64).reshape(shape)
+            std = np.asarray(self.std, dtype=np.float64).reshape(shape)
+            cached = self.__dict__["_arrays"] = (key, mean, std)
+        return cached[1], cached[2]
+
+    def transform(self, features: np.ndarray, rows: np.ndarray | None = None) -> torch.Tensor:
         """Return the float32 tensor a model consumes, for raw features of any split.
 
         Table columns are standardized first and mapped to polynomial terms
-        after, so every term is a product of centred, unit-scale inputs.
+        after, so every term is a product of centred, unit-scale inputs. With
+        ``rows``, the result is that of ``features[rows]``, gathered a chunk at
+        a time.
         """
+        n_rows = len(features) if rows is None else len(rows)
+        # The polynomial map multiplies the values of a row by its number of terms.
+        step = max(1, chunk_rows(features) // max(1, len(self.exponents)))
+        if n_rows <= step:
+            return self._transform_chunk(select_rows(features, rows, 0, n_rows))
+        first = self._transform_chunk(select_rows(features, rows, 0, step))
+        result = torch.empty((n_rows, *first.shape[1:]), dtype=torch.float32)
+        result[:step] = first
+        for start in range(step, n_rows, step):
+            result[start : start + step] = self._transform_chunk(select_rows(features, rows, start, start + step))
+        return result
+
+    def _transform_chunk(self, features: np.ndarray) -> torch.Tensor:
         values = self.normalize(self._scale(features))
         if self.exponents:
             values = apply_polynomial(values, self.exponents)
-        return torch.as_tensor(values).float()
+        # A copy in float32: ``values`` may be the caller's own array, or a read-only one.
+        return torch.tensor(values, dtype=torch.float32)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the preprocessing as plain Python values, for checkpoints and MLflow."""

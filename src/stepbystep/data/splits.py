@@ -8,6 +8,7 @@ the training list, so the same indices in another order train another model.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +100,127 @@ def read_split(path: Path) -> dict[str, Any]:
     return split
 
 
+# Bytes of a split file read and parsed at a time by read_split_indices.
+_PARSE_CHUNK = 1 << 20
+
+
+def read_split_indices(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Return the training and validation indices of a split file as two int64 arrays.
+
+    Parsed as JSON, the lists of a large dataset become millions of Python
+    ints of about 36 bytes each, more than the data they index. This reads
+    the file as :func:`write_split` lays it out, with the ``train`` and
+    ``val`` lists last. Each list is parsed into its array a chunk of text at
+    a time, and the fields before the lists must be valid JSON. A file in
+    any other layout is read with :func:`read_split`.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return _IndexListReader(handle).read_split()
+    except FileNotFoundError:
+        raise DataError(f"split not found: {path}. Fix: run `dvc repro split`") from None
+    except ValueError:
+        pass
+    split = read_split(path)
+    lists = [split.get(key) if isinstance(split, dict) else None for key in ("train", "val")]
+    if not all(isinstance(values, list) and all(type(value) is int for value in values) for values in lists):
+        raise DataError(
+            f"{path} does not hold lists of integer row indices under 'train' and 'val'. Fix: run `dvc repro split`"
+        )
+    return np.asarray(lists[0], dtype=np.int64).reshape(-1), np.asarray(lists[1], dtype=np.int64).reshape(-1)
+
+
+class _IndexListReader:
+    """Reads a split file front to back in chunks; raises ``ValueError`` where the layout is not write_split's."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.buffer = b""
+
+    def _fill(self, size: int) -> bool:
+        """Read until the buffer contains ``size`` bytes or the file ends; return whether anything was read."""
+        grew = False
+        while len(self.buffer) < size:
+            chunk = self.handle.read(_PARSE_CHUNK)
+            if not chunk:
+                break
+            self.buffer += chunk
+            grew = True
+        return grew
+
+    def _expect(self, pattern: bytes) -> re.Match[bytes]:
+        self._fill(4096)
+        match = re.match(pattern, self.buffer)
+        if match is None:
+            raise ValueError(f"expected {pattern!r}")
+        self.buffer = self.buffer[match.end() :]
+        return match
+
+    def read_split(self) -> tuple[np.ndarray, np.ndarray]:
+        self._fill(_PARSE_CHUNK)
+        start = re.search(rb'"train"\s*:\s*\[', self.buffer)
+        if start is None:
+            raise ValueError("no train list")
+        # The fields before the lists, closed as an object, must be valid JSON.
+        fields = json.loads(self.buffer[: start.start()] + b'"train": [], "val": []}')
+        n_samples = fields.get("n_samples") if isinstance(fields, dict) else None
+        if type(n_samples) is not int or n_samples < 0:
+            raise ValueError("no sample count")
+        # Both lists go into one array of n_samples indices, with no copy to join parts.
+        indices = np.empty(n_samples, dtype=np.int64)
+        self.buffer = self.buffer[start.end() :]
+        n_train = self._int_list(indices, 0)
+        self._expect(rb'\s*,\s*"val"\s*:\s*\[')
+        n_total = self._int_list(indices, n_train)
+        self._expect(rb"\s*\}\s*")
+        if self.buffer or self.handle.read(1) or n_total != n_samples:
+            raise ValueError("text after the object, or a sample count that differs")
+        return indices[:n_train], indices[n_train:]
+
+    def _int_list(self, out: np.ndarray, position: int) -> int:
+        """Parse integers into ``out`` from ``position`` up to the closing bracket, which is consumed too.
+
+        Returns the position after the last integer.
+        """
+        after_comma = False
+        while True:
+            end = self.buffer.find(b"]")
+            if end >= 0:
+                body, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
+                if body.strip():
+                    position = _parse_ints(body, out, position)
+                elif after_comma:
+                    raise ValueError("a comma before the closing bracket")
+                return position
+            comma = self.buffer.rfind(b",")
+            if comma >= 0:
+                position = _parse_ints(self.buffer[:comma], out, position)
+                self.buffer = self.buffer[comma + 1 :]
+                after_comma = True
+            if not self._fill(len(self.buffer) + _PARSE_CHUNK):
+                raise ValueError("list not closed")
+
+
+def _parse_ints(text: bytes, out: np.ndarray, position: int) -> int:
+    """Parse comma-separated integers into ``out`` from ``position``; return the position after them."""
+    values = np.fromstring(text, dtype=np.int64, sep=",")
+    stop = position + len(values)
+    if len(values) != text.count(b",") + 1 or stop > len(out):
+        raise ValueError("not a list of integers, or more than n_samples of them")
+    out[position:stop] = values
+    return stop
+
+
 def dataset_size_and_labels(folder: Path) -> tuple[int, np.ndarray | None]:
     """Return the row count of a dataset folder and its labels, or ``None`` for regression."""
-    from stepbystep.data.images import read_manifest
+    from stepbystep.data.images import read_manifest_labels
     from stepbystep.data.tables import read_info, read_table
 
     info = read_info(folder)
     if info["kind"] == "images":
-        rows = read_manifest(folder)
-        return len(rows), np.array([int(row["label"]) for row in rows], dtype=np.int64)
+        labels = read_manifest_labels(folder)
+        return len(labels), labels
     _, targets, info = read_table(folder)
     return len(targets), (targets if info["task"] != "regression" else None)
 

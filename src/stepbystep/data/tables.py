@@ -81,7 +81,9 @@ def read_table(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 
     Features are float64 of shape (N, n_features). Targets are float64 of shape
     (N,) for regression and int64 labels (1 for the positive class) for binary
-    classification.
+    classification. Numbers are parsed straight into float64, a chunk of rows
+    at a time. pandas 3 parses them exactly: each text reads back to the
+    float64 that ``repr`` wrote, which the data tests check.
     """
     import pandas as pd
 
@@ -89,25 +91,65 @@ def read_table(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     info = read_info(folder)
     path = folder / TABLE_FILE
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        header = pd.read_csv(path, nrows=0).columns.tolist()
     except FileNotFoundError:
         raise DataError(f"table not found: {path}. Fix: run `dvc repro` so the data stages write it") from None
 
     columns = [*info["features"], info["target"]]
-    missing = [name for name in columns if name not in table.columns]
+    missing = [name for name in columns if name not in header]
     if missing:
         raise DataError(
-            f"{path}: column {missing[0]!r} not found (columns: {', '.join(table.columns)}). "
+            f"{path}: column {missing[0]!r} not found (columns: {', '.join(header)}). "
             "Fix: correct the column names in the dataset description"
         )
 
-    features = np.empty((len(table), len(info["features"])), dtype=np.float64)
-    for position, name in enumerate(info["features"]):
-        features[:, position] = pd.to_numeric(table[name]).to_numpy(dtype=np.float64)
+    numeric = columns if info["task"] == "regression" else info["features"]
+    # Labels stay text because dataset.json names the positive class as text.
+    # The strings of a chunk are freed with the chunk.
+    dtypes = {name: (str if name not in numeric else np.float64) for name in columns}
+    # The table is parsed in chunks straight into arrays sized by its line
+    # count, an upper bound on its rows, so the parser's own column arrays
+    # never add up to a second copy of the data.
+    capacity = max(_count_lines(path) - 1, 0)
+    features = np.empty((capacity, len(info["features"])), dtype=np.float64)
+    targets = np.empty(capacity, dtype=np.float64 if info["task"] == "regression" else np.int64)
+    n_rows = 0
+    try:
+        with pd.read_csv(
+            path,
+            usecols=columns,
+            dtype=dtypes,
+            keep_default_na=False,
+            na_values=[],
+            chunksize=_CHUNK_ROWS,
+        ) as chunks:
+            for chunk in chunks:
+                stop = n_rows + len(chunk)
+                features[n_rows:stop] = chunk[info["features"]].to_numpy(dtype=np.float64)
+                target = chunk[info["target"]]
+                if info["task"] == "regression":
+                    targets[n_rows:stop] = target.to_numpy(dtype=np.float64)
+                else:
+                    targets[n_rows:stop] = (target == str(info["positive_class"])).to_numpy()
+                n_rows = stop
+    except ValueError as error:
+        raise DataError(
+            f"{path}: a value of the columns {', '.join(numeric)} is not a number ({error}). "
+            "Fix: rebuild the dataset with `dvc repro`"
+        ) from None
+    return features[:n_rows], targets[:n_rows], info
 
-    target = table[info["target"]]
-    if info["task"] == "regression":
-        targets = pd.to_numeric(target).to_numpy(dtype=np.float64)
-    else:
-        targets = (target == str(info["positive_class"])).to_numpy().astype(np.int64)
-    return features, targets, info
+
+# Rows parsed at a time by read_table.
+_CHUNK_ROWS = 1 << 16
+
+
+def _count_lines(path: Path) -> int:
+    """Return the number of lines of a text file, counting a last line without a newline."""
+    count = 0
+    last = b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")

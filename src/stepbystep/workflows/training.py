@@ -103,7 +103,7 @@ def build_model(metadata: dict[str, Any]) -> nn.Module:
 def _n_inputs(data: SplitData, preprocessing: Preprocessing) -> int:
     if preprocessing.n_features is not None:
         return preprocessing.n_features
-    return int(np.prod(data.train_features.shape[1:]))
+    return int(np.prod(data.sample_shape))
 
 
 def _fingerprint(spec: ModelSpec, data: SplitData) -> str:
@@ -114,8 +114,7 @@ def _fingerprint(spec: ModelSpec, data: SplitData) -> str:
     """
     digest = hashlib.sha256()
     digest.update(json.dumps({"config": spec.config, "seed": spec.seed}, sort_keys=True).encode())
-    for array in (data.train_features, data.train_targets, data.val_features, data.val_targets):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    data.update_hash(digest)
     return digest.hexdigest()[:16]
 
 
@@ -244,7 +243,7 @@ def train_model(
         "config": spec.config,
         "seed": spec.seed,
         "n_inputs": _n_inputs(data, preprocessing),
-        "input_shape": list(data.train_features.shape[1:]),
+        "input_shape": list(data.sample_shape),
         "preprocessing": preprocessing.state_dict(),
         "dataset": data.info,
         "n_parameters": trainer.count_parameters(),
@@ -281,7 +280,7 @@ def train_model(
         # for the other ranks, so it traces the graph on the first training row.
         sample_input = None
         if context.is_distributed:
-            sample_input = torch.as_tensor(preprocessing.transform(data.train_features[:1]))
+            sample_input = preprocessing.transform(data.features, data.train_index[:1])
         trainer.add_callback(TensorBoardCallback(root / TENSORBOARD_DIR / spec.name, sample_input=sample_input))
 
     remaining = spec.training.epochs - trainer.total_epochs
@@ -331,7 +330,7 @@ def train_model(
             # Writing inside the run ends it FAILED when an output cannot be written.
             _write_outputs(trainer, spec, metadata, output_dir, run_info)
             mlflow_tracking.log_final_checkpoint(output_dir / MODEL_FILE)
-            example = torch.as_tensor(preprocessing.transform(data.val_features[:5])).numpy()
+            example = preprocessing.transform(data.features, data.val_index[:5]).numpy()
             mlflow_tracking.log_final_model(trainer.model, example)
             # The current folder is the copy DVC runs, with the experiment's params applied.
             mlflow_tracking.log_code_snapshot()
@@ -365,8 +364,8 @@ def train_regression(
             "Fix: name a regression dataset"
         )
     # The default method none keeps the book's raw x; standardize fits on the training rows only.
-    preprocessing = Preprocessing.fit("table", data.train_features, config.normalization)
-    model = build_regression_model(data.train_features.shape[1], config.model_seed)
+    preprocessing = Preprocessing.fit("table", data.features, config.normalization, rows=data.train_index)
+    model = build_regression_model(data.sample_shape[0], config.model_seed)
     loaders = make_loaders(data, preprocessing, config.batch_size)
     spec = ModelSpec(
         name="linear_regression",
@@ -404,7 +403,9 @@ def train_classifier(
     if data.kind != "images" and config.horizontal_flip > 0:
         raise UserError(f"{key}.horizontal_flip applies to images only. Fix: set it to 0.0")
 
-    preprocessing = Preprocessing.fit(data.kind, data.train_features, config.normalization, config.polynomial_degree)
+    preprocessing = Preprocessing.fit(
+        data.kind, data.features, config.normalization, config.polynomial_degree, rows=data.train_index
+    )
     loaders = make_loaders(data, preprocessing, config.batch_size, config.sampler, config.horizontal_flip)
     model = build_classifier(
         n_inputs=_n_inputs(data, preprocessing),
