@@ -246,3 +246,19 @@ def test_preprocessed_rows_single_sample() -> None:
     assert torch.equal(x, preprocessing.transform(pixels[[2]])[0])
     assert y.tolist() == [0.0]
     assert dataset.get_batch(torch.empty(0, dtype=torch.int64))[0].shape == (0, 1, 2, 2)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_lookup_equals_float64_arithmetic(channels: int) -> None:
+    pixels = np.random.default_rng(6).integers(0, 256, size=(40, channels, 3, 3), dtype=np.uint8)
+    pixels[0] = 0
+    pixels[1] = 255
+    mean = np.array([0.25, 0.5, 0.75][:channels]).reshape(1, -1, 1, 1)
+    std = np.array([0.5, 0.125, 0.3][:channels]).reshape(1, -1, 1, 1)
+    preprocessing = Preprocessing(
+        kind="images", normalization="standardize", mean=mean.ravel().tolist(), std=std.ravel().tolist()
+    )
+
+    expected = ((pixels.astype(np.float64) / 255.0 - mean) / std).astype(np.float32)
+
+    assert np.array_equal(preprocessing.transform(pixels).numpy(), expected)
