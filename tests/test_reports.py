@@ -161,6 +161,79 @@ def test_figures_ignore_local_style(tmp_path):
     assert baseline.read_bytes() == styled.read_bytes()
 
 
+def _savefig_png(figure, path):
+    """Write ``figure`` with a plain ``savefig`` call, which draws it twice when it has a layout engine."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=figures.DPI, metadata={"Software": None})
+    path = Path(path)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+_GRADIENTS = {
+    "sigmoid": {"hidden0": [1e-3, 5e-4, 2e-4], "output": [1e-2, 8e-3, 6e-3]},
+    "relu": {"hidden0": [0.0, 0.0, 0.0], "output": [2e-2, 1e-2, 5e-3]},
+}
+_LOSSES = {
+    "relu": {"train_loss": [0.7, 0.5, 0.4], "val_loss": [0.72, 0.55, 0.45]},
+    "tanh": {"train_loss": [0.69, 0.6, 0.58], "val_loss": [0.7, 0.62, 0.6]},
+}
+_DRAWINGS = {
+    "loss_curves": lambda path: figures.plot_loss_curves(_LOSSES, path, title="Losses"),
+    "roc": lambda path: figures.plot_roc_curves(_scores(), path),
+    "pr": lambda path: figures.plot_pr_curves(_scores(), path),
+    "decision_boundary": lambda path: figures.plot_decision_boundary(_logistic, *_moons_like(), path, resolution=40),
+    "regression_fit": lambda path: figures.plot_regression_fit(
+        np.arange(5.0), 1 + 2 * np.arange(5.0), path, learned=(1.1, 1.9), true=(1.0, 2.0)
+    ),
+    "filters": lambda path: network_figures.plot_filters(np.random.default_rng(0).normal(size=(5, 25)), path),
+    "weight_images": lambda path: network_figures.plot_weight_images(
+        {"a": np.linspace(-1, 1, 25), "b": np.linspace(0, 0.01, 25)}, path, shared_scale=False
+    ),
+    "activation_functions": lambda path: network_figures.plot_activation_functions(path),
+    "gradients": lambda path: network_figures.plot_gradient_magnitudes(_GRADIENTS, path),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DRAWINGS))
+def test_save_png_matches_savefig(tmp_path, monkeypatch, name):
+    one_draw = _DRAWINGS[name](tmp_path / "one_draw.png")
+    monkeypatch.setattr(figures, "save_png", _savefig_png)
+    monkeypatch.setattr(network_figures, "save_png", _savefig_png)
+    two_draws = _DRAWINGS[name](tmp_path / "savefig.png")
+
+    assert one_draw.read_bytes() == two_draws.read_bytes()
+
+
+def test_save_png_draws_once(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    draws = []
+    draw = Figure.draw
+
+    def counting_draw(self, renderer):
+        draws.append(self)
+        return draw(self, renderer)
+
+    monkeypatch.setattr(Figure, "draw", counting_draw)
+
+    figures.plot_loss_curves(_LOSSES, tmp_path / "loss.png")
+
+    assert len(draws) == 1
+
+
+def test_save_png_other_dpi(tmp_path):
+    with figures.default_style():
+        figure = figures.new_figure()
+        figure.set_dpi(50)
+        figure.subplots().plot([0, 1], [1, 0])
+        path = figures.save_png(figure, tmp_path / "line.png")
+
+    _assert_png(path, 450, 350)
+
+
 def test_drawing_leaves_pyplot_alone(tmp_path):
     code = f"""
 import sys

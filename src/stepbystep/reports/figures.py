@@ -69,7 +69,33 @@ def new_figure(
 
 
 def save_png(figure: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render ``figure`` as PNG and write it atomically to ``path``."""
+    """Render ``figure`` as PNG and write it atomically to ``path``.
+
+    ``Figure.savefig`` draws a figure that has a layout engine twice: a draw
+    with rendering switched off, which runs the layout, then the draw that
+    renders the pixels. Here the layout runs alone and the engine is removed
+    before ``savefig``, so the artists are drawn once. The PNG has the same
+    bytes, because the rendering draw never runs the layout in either case.
+    The shortcut needs the figure at the saving dpi, which :func:`new_figure`
+    gives it, and the rc settings of :func:`default_style`, under which
+    ``set_layout_engine(None)`` removes the engine. Other figures take the
+    plain ``savefig`` path.
+    """
+    import matplotlib
+
+    engine = figure.get_layout_engine()
+    rc = matplotlib.rcParams
+    if (
+        engine is not None
+        and figure.axes
+        and figure.dpi == DPI
+        and not rc["figure.autolayout"]
+        and not rc["figure.constrained_layout.use"]
+    ):
+        # Figure.draw ignores a ValueError of the layout engine in the same way.
+        with contextlib.suppress(ValueError):
+            engine.execute(figure)
+        figure.set_layout_engine(None)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return atomic_write_bytes(path, buffer.getvalue())
