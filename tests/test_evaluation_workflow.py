@@ -12,7 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import PROJECT_ROOT, set_param
@@ -22,6 +24,7 @@ from stepbystep.data.synthetic import generate_data
 from stepbystep.errors import UserError
 from stepbystep.params import Params, load_params
 from stepbystep.tracking.evaluation_logging import flatten_metrics, metrics_to_log
+from stepbystep.workflows import evaluation
 from stepbystep.workflows.evaluation import EvaluationResult, check_plot_definitions, evaluate, model_names
 from stepbystep.workflows.training import train_classifier, train_regression
 
@@ -234,6 +237,44 @@ def test_removed_classifier_leaves_reports(
     assert all("moons/moons_mapped.csv" in message for message in warnings)
 
 
+def test_evaluation_reads_dataset_once(in_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = []
+    load_split_data = evaluation.load_split_data
+
+    def counting_load(folder: Path, split_file: Path) -> object:
+        reads.append(Path(folder).name)
+        return load_split_data(folder, split_file)
+
+    monkeypatch.setattr(evaluation, "load_split_data", counting_load)
+    names = ["linear_regression", "moons_logistic", "moons_mapped"]
+
+    result = evaluate(load_params("params.yaml"), reports_dir=tmp_path / "reports", names=names, track=False)
+
+    assert sorted(reads) == ["moons", "regression"]
+    assert result.models["moons_logistic"].data is result.models["moons_mapped"].data
+
+
+def test_small_models_predict_on_one_thread(result: EvaluationResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    evaluated = result.models["images_deep_relu"]
+    seen = []
+    hook = evaluated.model.register_forward_pre_hook(lambda module, inputs: seen.append(torch.get_num_threads()))
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scores = evaluated.predict(evaluated.data.val_features)
+        evaluation.validation_loss(evaluated)
+        after = torch.get_num_threads()
+    finally:
+        hook.remove()
+        torch.set_num_threads(original)
+
+    assert seen == [1, 1]
+    assert after == 2
+    assert np.array_equal(scores, evaluated.scores)
+
+
 def test_untrained_model_is_user_error(in_project: Path, tmp_path: Path) -> None:
     params = load_params("params.yaml")
 
@@ -410,3 +451,24 @@ def test_changed_threshold_logs_new_values(in_project: Path, tmp_path: Path, tra
     assert len(client.get_metric_history(run_ids["moons_logistic"], "eval/threshold")) == 2
     assert len(client.get_metric_history(run_ids["moons_logistic"], "eval/roc_auc")) == 1
     assert len(comparison_runs(client)) == 2
+
+
+def test_evaluation_reads_run_once(
+    in_project: Path, tmp_path: Path, tracked_models: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    models_dir, client, run_ids = tracked_models
+    reads = []
+    get_run = MlflowClient.get_run
+
+    def counting_get_run(self: MlflowClient, run_id: str) -> object:
+        reads.append(run_id)
+        return get_run(self, run_id)
+
+    monkeypatch.setattr(MlflowClient, "get_run", counting_get_run)
+
+    evaluate(load_params("params.yaml"), reports_dir=tmp_path / "reports", models_dir=models_dir, names=["moons_logistic"])
+
+    assert reads.count(run_ids["moons_logistic"]) == 1
+    assert "eval/roc_auc" in client.get_run(run_ids["moons_logistic"]).data.metrics

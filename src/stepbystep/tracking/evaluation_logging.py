@@ -115,7 +115,7 @@ def log_model_evaluation(
         logger.info("MLflow run %s already contains this evaluation; nothing logged", run_id)
         return {}
 
-    mlflow_tracking.log_metrics_to_run(run_id, new_metrics, artifacts, project_root=project_root)
+    mlflow_tracking.add_to_run(client, run_id, new_metrics, artifacts)
     logger.info("MLflow run %s: logged %d evaluation metrics and %d figures", run_id, len(new_metrics), len(artifacts))
     return new_metrics
 

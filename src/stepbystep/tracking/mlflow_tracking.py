@@ -64,6 +64,7 @@ __all__ = [
     "DEFAULT_EXPERIMENT_NAME",
     "MlflowCallback",
     "RunTerminated",
+    "add_to_run",
     "artifact_location",
     "check_tracking_server",
     "epoch_metrics",
@@ -780,7 +781,22 @@ def log_metrics_to_run(
     uri = connect(project_root)
     client = mlflow.MlflowClient(uri)
     get_run(client, run_id, uri)
+    add_to_run(client, run_id, metrics, artifacts, artifact_path, step)
 
+
+def add_to_run(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float],
+    artifacts: Sequence[str | os.PathLike[str]] = (),
+    artifact_path: str = EVALUATION_ARTIFACT_DIR,
+    step: int = 0,
+) -> None:
+    """Log ``metrics`` and ``artifacts`` to run ``run_id``, which the caller has read with :func:`get_run`.
+
+    This is :func:`log_metrics_to_run` for a caller that has read the run
+    already, so the store is not read a second time.
+    """
     entries = _metric_entries(metrics, step)
     if entries:
         call_with_retries(lambda: client.log_batch(run_id, metrics=entries), f"logging metrics to run {run_id}")

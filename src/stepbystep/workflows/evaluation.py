@@ -23,10 +23,11 @@ Paths are relative to the current folder, the project root under DVC.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class EvaluatedModel:
         from stepbystep.models import probabilities
 
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), forward_threads(self.model, len(features)):
             outputs = self.model(self.preprocessing.transform(features))
             if self.is_classifier:
                 outputs = probabilities(outputs, self.config["output"])
@@ -140,6 +141,30 @@ class EvaluationResult:
 # --- loading and scoring ----------------------------------------------------
 
 
+@contextlib.contextmanager
+def forward_threads(model: nn.Module, n_rows: int) -> Iterator[None]:
+    """Run the block with the intra-op thread count that training chooses for a batch of ``n_rows``, then restore it.
+
+    Evaluation passes every validation row, or every point of a decision
+    boundary grid, through the model at once. For the small models of the
+    pipeline that is below the size where a second thread pays off
+    (:func:`stepbystep.training.threads.choose_num_threads`). When another
+    process occupies the second core, each operation on two threads waits for it.
+    """
+    from stepbystep.training.threads import choose_num_threads
+
+    previous = torch.get_num_threads()
+    chosen = choose_num_threads(model, n_rows)
+    if chosen == previous:
+        yield
+        return
+    torch.set_num_threads(chosen)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def model_names(params: Params) -> list[str]:
     """Return the names of every model that params.yaml trains: the regression first, then the classifiers."""
     return [REGRESSION_MODEL, *params.train_classifier]
@@ -155,11 +180,16 @@ def _read_run_info(path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def load_model(name: str, models_dir: Path = MODELS_DIR) -> EvaluatedModel:
+def load_model(
+    name: str, models_dir: Path = MODELS_DIR, datasets: dict[str, SplitData] | None = None
+) -> EvaluatedModel:
     """Rebuild model ``name`` from ``models_dir/<name>/model.pt`` and score its validation split.
 
-    Raises :class:`UserError` when the model has not been trained or its
-    checkpoint cannot be read.
+    ``datasets`` maps dataset names to the data already loaded: a model of a
+    dataset found there shares that data, and a dataset loaded here is added,
+    so the models of one evaluation read each dataset once. Raises
+    :class:`UserError` when the model has not been trained or its checkpoint
+    cannot be read.
     """
     folder = models_dir / name
     checkpoint_path = folder / MODEL_FILE
@@ -179,7 +209,11 @@ def load_model(name: str, models_dir: Path = MODELS_DIR) -> EvaluatedModel:
     model.eval()
 
     dataset = metadata["dataset"]["name"]
-    data = load_split_data(dataset_dir(dataset), split_path(dataset))
+    data = datasets.get(dataset) if datasets is not None else None
+    if data is None:
+        data = load_split_data(dataset_dir(dataset), split_path(dataset))
+        if datasets is not None:
+            datasets[dataset] = data
     evaluated = EvaluatedModel(
         name=name,
         metadata=metadata,
@@ -205,8 +239,9 @@ def validation_loss(evaluated: EvaluatedModel) -> float:
     from stepbystep.models import binary_loss_fn
 
     loss_fn = binary_loss_fn(evaluated.config["output"]) if evaluated.is_classifier else nn.MSELoss()
-    with torch.no_grad():
-        outputs = evaluated.model(evaluated.preprocessing.transform(evaluated.data.val_features))
+    features = evaluated.data.val_features
+    with torch.no_grad(), forward_threads(evaluated.model, len(features)):
+        outputs = evaluated.model(evaluated.preprocessing.transform(features))
         loss = loss_fn(outputs, target_tensor(evaluated.data.val_targets))
     return float(loss)
 
@@ -637,10 +672,11 @@ def evaluate(
         )
     settings = params.evaluate
 
-    # Load and score every model.
+    # Load and score every model, reading each dataset once.
     models: dict[str, EvaluatedModel] = {}
+    datasets: dict[str, SplitData] = {}
     for name in names:
-        evaluated = load_model(name, models_dir)
+        evaluated = load_model(name, models_dir, datasets)
         evaluated.metrics = score_model(evaluated, params)
         models[name] = evaluated
         logger.info("%s: %s", name, _summary(evaluated.metrics))
