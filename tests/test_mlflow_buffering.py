@@ -173,6 +173,49 @@ def test_model_logged_without_package_scan(root: Path, monkeypatch: pytest.Monke
     np.testing.assert_allclose(loaded.predict(example), expected, rtol=1e-6)
 
 
+def test_model_exported_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exported = []
+    export = torch.export.export
+
+    def counting_export(*args: object, **kwargs: object) -> object:
+        exported.append(args[0])
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", counting_export)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(25, 3), nn.ReLU(), nn.Linear(3, 1))
+    images = np.random.default_rng(0).random((4, 1, 5, 5)).astype(np.float32)
+
+    with tracking.start_training_run("stepbystep", "images", "train", {}) as run:
+        info = tracking.log_final_model(model, images)
+
+    assert len(exported) == 1
+    assert torch.export.export is counting_export
+    assert client_for(root).get_run(run.info.run_id).data.tags["model_serialization"] == "pt2"
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    for rows in (images, images[:3]):
+        with torch.no_grad():
+            expected = model(torch.from_numpy(rows)).numpy()
+        np.testing.assert_allclose(loaded.predict(rows), expected, rtol=1e-6)
+
+
+def test_reused_export_matches_trial_call() -> None:
+    model = nn.Linear(2, 1)
+    example = np.ones((3, 2), dtype=np.float32)
+    program, error = tracking._trial_export(model, example)
+    batch = [{0: torch.export.Dim.AUTO}]
+
+    with tracking._reused_export(model, example, program):
+        same = torch.export.export(model, (torch.from_numpy(example.copy()),), dynamic_shapes=batch)
+        other_rows = torch.export.export(model, (torch.zeros(3, 2),), dynamic_shapes=batch)
+        other_model = torch.export.export(nn.Linear(2, 1), (torch.from_numpy(example),), dynamic_shapes=batch)
+
+    assert error is None
+    assert same is program
+    assert other_rows is not program
+    assert other_model is not program
+
+
 LIGHTNING_PROBE = textwrap.dedent(
     """
     import json, sys

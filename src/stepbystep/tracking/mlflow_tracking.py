@@ -599,21 +599,68 @@ def _without_package_scan() -> Iterator[None]:
         requirements_utils._PACKAGES_TO_MODULES = None
 
 
-def _export_error(model: torch.nn.Module, example: np.ndarray) -> str | None:
-    """Return the first line of the error that ``torch.export`` raises for ``model``, or ``None`` when it exports.
+def _trial_export(model: torch.nn.Module, example: np.ndarray) -> tuple[Any, str | None]:
+    """Export ``model`` on ``example`` as MLflow's ``pt2`` format does, and return ``(program, None)``.
 
-    Trying first keeps a failed export from leaving a FAILED logged model in
-    the experiment, which MLflow 3.17 records when ``log_model`` raises.
+    When ``torch.export`` raises, return ``(None, message)`` with the first
+    line of its error instead. Trying first keeps a failed export from leaving
+    a FAILED logged model in the experiment, which MLflow 3.17 records when
+    ``log_model`` raises.
     """
     import torch
 
     batch = {0: torch.export.Dim.AUTO}
     try:
-        torch.export.export(model, (torch.from_numpy(example),), dynamic_shapes=[batch])
+        program = torch.export.export(model, (torch.from_numpy(example),), dynamic_shapes=[batch])
     except Exception as error:
         lines = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {lines[0] if lines else ''}"
-    return None
+        return None, f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return program, None
+
+
+@contextlib.contextmanager
+def _reused_export(model: torch.nn.Module, example: np.ndarray, program: Any) -> Iterator[None]:
+    """Let MLflow's export of ``model`` on ``example`` return ``program``, the trial's result, instead of exporting again.
+
+    ``mlflow.pytorch.save_model`` in MLflow 3.17 calls
+    ``torch.export.export(model, (tensor,), dynamic_shapes=[{0: Dim.AUTO}])``
+    for a tensor signature whose batch dimension alone is variable. That is
+    the call of :func:`_trial_export`, which gives the same program. While the
+    block runs, ``torch.export.export`` returns ``program`` for that module
+    with an equal example tensor and the same dynamic shapes. Any other call
+    exports as before, so a changed call in MLflow costs a second export but
+    never gives a wrong program. The original function is restored afterwards.
+    """
+    import torch
+
+    export = torch.export.export
+    expected_shapes = [{0: torch.export.Dim.AUTO}]
+
+    def is_trial_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        if len(args) != 2 or args[0] is not model or set(kwargs) != {"dynamic_shapes"}:
+            return False
+        inputs, shapes = args[1], kwargs["dynamic_shapes"]
+        if not isinstance(inputs, (tuple, list)) or len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+            return False
+        if not isinstance(shapes, (tuple, list)) or list(shapes) != expected_shapes:
+            return False
+        tensor = inputs[0]
+        return (
+            tensor.dtype == torch.float32
+            and tuple(tensor.shape) == example.shape
+            and torch.equal(tensor, torch.from_numpy(example))
+        )
+
+    def export_once(*args: Any, **kwargs: Any) -> Any:
+        if is_trial_call(args, kwargs):
+            return program
+        return export(*args, **kwargs)
+
+    torch.export.export = export_once
+    try:
+        yield
+    finally:
+        torch.export.export = export
 
 
 def log_final_model(model: torch.nn.Module, input_example: np.ndarray, name: str = "model") -> ModelInfo:
@@ -621,7 +668,8 @@ def log_final_model(model: torch.nn.Module, input_example: np.ndarray, name: str
 
     The model is logged in MLflow's ``pt2`` format (``torch.export``), and with
     ``pickle`` when a trial export fails, as a data-dependent branch in
-    ``forward`` makes it. A pickled model loads only where its classes can be imported.
+    ``forward`` makes it. MLflow saves the program of the trial export, so a
+    ``pt2`` model is exported once. A pickled model loads only where its classes can be imported.
     The example is cast to float32. A one-row example is doubled, because
     ``torch.export`` fixes a batch dimension of size 1 and the logged model would
     then accept only one row. The signature comes from a forward pass of a CPU
@@ -656,10 +704,11 @@ def log_final_model(model: torch.nn.Module, input_example: np.ndarray, name: str
         "input_example": example,
         "pip_requirements": mlflow.pytorch.get_default_pip_requirements(),
     }
-    export_error = _export_error(cpu_model, example)
+    program, export_error = _trial_export(cpu_model, example)
     with _without_package_scan():
         if export_error is None:
-            info = mlflow.pytorch.log_model(cpu_model, serialization_format="pt2", **common)
+            with _reused_export(cpu_model, example, program):
+                info = mlflow.pytorch.log_model(cpu_model, serialization_format="pt2", **common)
             serialization = "pt2"
         else:
             logger.warning("torch.export failed for model %r (%s), so it is logged with pickle", name, export_error)
