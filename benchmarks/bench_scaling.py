@@ -61,6 +61,37 @@ def reset_peak_memory() -> None:
         clear_refs.write("5")
 
 
+class AnonymousPeak:
+    """Sample the process's anonymous resident memory (``RssAnon``) every ``interval`` seconds and keep the peak.
+
+    ``VmHWM`` also counts the pages of memory-mapped files that the process
+    has read. Those belong to the kernel's page cache: they are shared with
+    other processes and dropped under memory pressure without being written
+    anywhere. The anonymous part is the memory the process itself allocated.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import threading
+
+        self.interval = interval
+        self.peak_kib = memory_kib("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, memory_kib("RssAnon"))
+
+    def __enter__(self) -> AnonymousPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, memory_kib("RssAnon"))
+
+
 def memory_kib(field: str) -> int:
     """Return a memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in KiB."""
     with open("/proc/self/status") as status:
@@ -162,16 +193,19 @@ def measure(kind: str, folder: Path, split_file: Path, epochs: int) -> dict[str,
     from stepbystep.training.threads import choose_num_threads
 
     baseline_kib = memory_kib("VmRSS")
+    anonymous_baseline_kib = memory_kib("RssAnon")
+    anonymous = AnonymousPeak().__enter__()
     start = time.perf_counter()
     data = load_split_data(folder, split_file)
     if kind == "regression":
-        preprocessing = Preprocessing.fit("table", data.train_features, NormalizationParams(method="none"))
+        normalization = NormalizationParams(method="none")
+        preprocessing = Preprocessing.fit("table", data.features, normalization, rows=data.train_index)
         loaders = make_loaders(data, preprocessing, BATCH_SIZE)
-        model = build_regression_model(data.train_features.shape[1], seed=42)
+        model = build_regression_model(data.sample_shape[0], seed=42)
         loss_fn: nn.Module = nn.MSELoss()
     else:
         normalization = NormalizationParams(method="fixed", mean=0.5, std=0.5)
-        preprocessing = Preprocessing.fit("images", data.train_features, normalization)
+        preprocessing = Preprocessing.fit("images", data.features, normalization, rows=data.train_index)
         loaders = make_loaders(data, preprocessing, BATCH_SIZE, sampler="balanced", horizontal_flip=0.5)
         model = build_classifier(
             n_inputs=IMAGE_SIDE * IMAGE_SIDE,
@@ -206,6 +240,7 @@ def measure(kind: str, folder: Path, split_file: Path, epochs: int) -> dict[str,
         epoch_seconds.append(time.perf_counter() - start)
         epoch_cpu_seconds.append(time.process_time() - cpu_start)
 
+    anonymous.__exit__(None, None, None)
     return {
         "load_s": load_seconds,
         "epoch_s": statistics.median(epoch_seconds),
@@ -213,6 +248,7 @@ def measure(kind: str, folder: Path, split_file: Path, epochs: int) -> dict[str,
         "epochs": epochs,
         "baseline_mib": baseline_kib / 1024,
         "peak_above_baseline_mib": (memory_kib("VmHWM") - baseline_kib) / 1024,
+        "anonymous_peak_above_baseline_mib": (anonymous.peak_kib - anonymous_baseline_kib) / 1024,
         "threads": trainer.num_threads,
     }
 
@@ -236,14 +272,17 @@ def epochs_for(n_samples: int) -> int:
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
     print(
-        f"{'dataset':<11}{'samples':>10}{'data MiB':>10}{'load s':>9}{'s/epoch':>10}{'CPU s/epoch':>13}"
-        f"{'CPU µs/sample':>15}{'peak MiB':>10}{'peak/data':>11}"
+        f"{'dataset':<11}{'samples':>10}{'data MiB':>10}{'file MiB':>10}{'load s':>9}{'s/epoch':>10}"
+        f"{'CPU s/epoch':>13}{'CPU µs/sample':>15}{'peak MiB':>10}{'peak/data':>11}{'anon MiB':>10}{'anon/data':>11}"
     )
     for row in rows:
         print(
-            f"{row['kind']:<11}{row['n_samples']:>10}{row['data_mib']:>10.1f}{row['load_s']:>9.2f}{row['epoch_s']:>10.3f}"
+            f"{row['kind']:<11}{row['n_samples']:>10}{row['data_mib']:>10.1f}{row['file_mib']:>10.1f}"
+            f"{row['load_s']:>9.2f}{row['epoch_s']:>10.3f}"
             f"{row['epoch_cpu_s']:>13.3f}{row['epoch_cpu_s'] / row['n_samples'] * 1e6:>15.2f}"
             f"{row['peak_above_baseline_mib']:>10.1f}{row['peak_above_baseline_mib'] / row['data_mib']:>11.2f}"
+            f"{row['anonymous_peak_above_baseline_mib']:>10.1f}"
+            f"{row['anonymous_peak_above_baseline_mib'] / row['data_mib']:>11.2f}"
         )
 
 
@@ -281,7 +320,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             [row["peak_above_baseline_mib"] for row in selected],
             marker=marker,
             color=color,
-            label=f"{kind}: peak memory",
+            label=f"{kind}: peak resident (VmHWM)",
+        )
+        memory_axis.loglog(
+            sizes,
+            [row["anonymous_peak_above_baseline_mib"] for row in selected],
+            marker=marker,
+            color=color,
+            fillstyle="none",
+            linestyle="--",
+            label=f"{kind}: peak anonymous",
         )
         memory_axis.loglog(
             sizes, [row["data_mib"] for row in selected], linestyle=":", color=color, label=f"{kind}: raw data"
@@ -329,7 +377,16 @@ def main() -> None:
                 data_bytes = writer(folder, n_samples)
                 write_split_file(split_file, folder.name, n_samples)
                 result = run_child(kind, folder, split_file, epochs_for(n_samples))
-                rows.append({"kind": kind, "n_samples": n_samples, "data_mib": data_bytes / 2**20, **result})
+                file_bytes = sum(path.stat().st_size for path in folder.iterdir()) + split_file.stat().st_size
+                rows.append(
+                    {
+                        "kind": kind,
+                        "n_samples": n_samples,
+                        "data_mib": data_bytes / 2**20,
+                        "file_mib": file_bytes / 2**20,
+                        **result,
+                    }
+                )
                 print_rows(rows[-1:])
                 sys.stdout.flush()
 
