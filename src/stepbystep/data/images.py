@@ -166,26 +166,45 @@ def read_manifest(root: Path) -> list[dict[str, str]]:
 
 def read_manifest_labels(root: Path) -> np.ndarray:
     """Return the labels of an image folder's manifest as int64, in dataset order, reading one row at a time."""
+    from stepbystep.data.layout import require_file
+
     path = Path(root) / MANIFEST_FILE
+    require_file(path, "image manifest", "run `dvc repro` to build it")
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            return np.fromiter((int(row["label"]) for row in csv.DictReader(handle)), dtype=np.int64)
-    except FileNotFoundError:
-        raise DataError(f"image manifest not found: {path}. Fix: run `dvc repro` to build it") from None
+            labels = np.fromiter((int(row["label"]) for row in csv.DictReader(handle)), dtype=np.int64)
+    except OSError as error:
+        raise DataError(
+            f"cannot read image manifest {path}: {error.strerror}. Fix: run `dvc repro` to build it"
+        ) from None
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(
             f"{path}: a row has no integer label ({error!r}). Fix: run `dvc repro` to build it"
         ) from None
+    check_binary_labels(path, labels)
+    return labels
+
+
+def check_binary_labels(path: Path, labels: np.ndarray) -> None:
+    """Raise :class:`DataError` when a label of the manifest at ``path`` is neither 0 nor 1."""
+    invalid = (labels != 0) & (labels != 1)
+    if invalid.any():
+        row = int(np.argmax(invalid))
+        raise DataError(
+            f"{path}: row {row + 2} has the label {labels[row]}, but labels are 0 or 1 (1 for the positive class). "
+            "Fix: run `dvc repro` to build the image folder again"
+        )
 
 
 def read_image_cache(root: Path, info: dict[str, Any], n_rows: int) -> np.ndarray:
     """Memory-map the decoded images of an imported folder, read-only, and check their shape against the manifest."""
+    from stepbystep.data.layout import require_file
+
     path = Path(root) / info["cache"]
+    require_file(path, "image cache", "run `dvc repro` to import the images again")
     try:
         images = np.load(path, mmap_mode="r")
-    except FileNotFoundError:
-        raise DataError(f"image cache not found: {path}. Fix: run `dvc repro` to import the images again") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise DataError(f"cannot read image cache {path}: {error}. Fix: run `dvc repro` to import the images again") from None
 
     expected = (n_rows, info["channels"], info["height"], info["width"])
@@ -214,6 +233,7 @@ def read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         return read_image_cache(root, info, len(labels)), labels, info
     rows = read_manifest(root)
     labels = np.array([int(row["label"]) for row in rows], dtype=np.int64)
+    check_binary_labels(root / MANIFEST_FILE, labels)
 
     images = np.empty((len(rows), info["channels"], info["height"], info["width"]), dtype=np.uint8)
     for index, row in enumerate(rows):

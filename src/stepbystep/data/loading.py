@@ -91,13 +91,39 @@ def load_split_data(folder: Path, split_file: Path) -> SplitData:
     # The split first: its text is freed before the data is read.
     train, val = read_split_indices(split_file)
     features, targets, info = read_dataset(folder)
+    check_split(split_file, folder, len(features), train, val)
+    return SplitData(info, features, targets, train, val)
+
+
+def check_split(split_file: Path, folder: Path, n_rows: int, train: np.ndarray, val: np.ndarray) -> None:
+    """Raise :class:`DataError` unless ``train`` and ``val`` are non-empty sets of distinct rows of the data."""
+    fix = "Fix: run `dvc repro` so the split matches the data"
     for name, index in (("train", train), ("val", val)):
-        if len(index) and (index.min() < 0 or index.max() >= len(features)):
+        if len(index) == 0:
+            raise DataError(f"{split_file}: the {name} list is empty, but training needs rows in both sets. {fix}")
+        if index.min() < 0 or index.max() >= n_rows:
             raise DataError(
                 f"{split_file}: the {name} rows run from {index.min()} to {index.max()}, but {folder} has "
-                f"{len(features)} rows. Fix: run `dvc repro` so the split matches the data"
+                f"{n_rows} rows. {fix}"
             )
-    return SplitData(info, features, targets, train, val)
+    # One byte per row of the data marks the rows seen so far.
+    seen = np.zeros(n_rows, dtype=bool)
+    expected = 0
+    for name, index in (("train", train), ("val", val)):
+        already = seen[index]
+        seen[index] = True
+        expected += len(index)
+        if already.any() or int(np.count_nonzero(seen)) != expected:
+            row = int(index[already][0]) if already.any() else _first_repeat(index)
+            raise DataError(
+                f"{split_file}: row {row} appears more than once (in the {name} list, or in both lists), but "
+                f"a split lists each row once, in one of its two sets. {fix}"
+            )
+
+
+def _first_repeat(index: np.ndarray) -> int:
+    values, counts = np.unique(index, return_counts=True)
+    return int(values[counts > 1][0])
 
 
 def target_tensor(targets: np.ndarray) -> torch.Tensor:

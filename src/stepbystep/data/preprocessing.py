@@ -132,9 +132,10 @@ class Preprocessing:
         return mean, np.sqrt(squares / values_per_statistic)
 
     def _scale(self, features: np.ndarray) -> np.ndarray:
+        # Row-major whatever the input's layout, so NumPy's sums add in the same order.
         if self.kind == "images":
-            return features.astype(np.float64) / 255.0
-        return np.asarray(features, dtype=np.float64)
+            return features.astype(np.float64, order="C") / 255.0
+        return np.asarray(features, dtype=np.float64, order="C")
 
     @property
     def n_features(self) -> int | None:

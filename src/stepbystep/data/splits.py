@@ -114,19 +114,27 @@ def read_split_indices(path: Path) -> tuple[np.ndarray, np.ndarray]:
     a time, and the fields before the lists must be valid JSON. A file in
     any other layout is read with :func:`read_split`.
     """
+    from stepbystep.data.layout import require_file
+
     path = Path(path)
+    require_file(path, "split", "run `dvc repro split`")
     try:
         with open(path, "rb") as handle:
-            return _IndexListReader(handle).read_split()
-    except FileNotFoundError:
-        raise DataError(f"split not found: {path}. Fix: run `dvc repro split`") from None
+            return _IndexListReader(handle, path.stat().st_size).read_split()
+    except OSError as error:
+        raise DataError(f"cannot read split {path}: {error.strerror}. Fix: run `dvc repro split`") from None
     except ValueError:
         pass
     split = read_split(path)
     lists = [split.get(key) if isinstance(split, dict) else None for key in ("train", "val")]
-    if not all(isinstance(values, list) and all(type(value) is int for value in values) for values in lists):
+    valid = all(
+        isinstance(values, list) and all(type(value) is int and 0 <= value < 2**63 for value in values)
+        for values in lists
+    )
+    if not valid:
         raise DataError(
-            f"{path} does not hold lists of integer row indices under 'train' and 'val'. Fix: run `dvc repro split`"
+            f"{path} does not contain lists of row indices (integers from 0) under 'train' and 'val'. "
+            "Fix: run `dvc repro split`"
         )
     return np.asarray(lists[0], dtype=np.int64).reshape(-1), np.asarray(lists[1], dtype=np.int64).reshape(-1)
 
@@ -134,8 +142,9 @@ def read_split_indices(path: Path) -> tuple[np.ndarray, np.ndarray]:
 class _IndexListReader:
     """Reads a split file front to back in chunks; raises ``ValueError`` where the layout is not write_split's."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, size: int) -> None:
         self.handle = handle
+        self.size = size
         self.buffer = b""
 
     def _fill(self, size: int) -> bool:
@@ -165,8 +174,9 @@ class _IndexListReader:
         # The fields before the lists, closed as an object, must be valid JSON.
         fields = json.loads(self.buffer[: start.start()] + b'"train": [], "val": []}')
         n_samples = fields.get("n_samples") if isinstance(fields, dict) else None
-        if type(n_samples) is not int or n_samples < 0:
-            raise ValueError("no sample count")
+        # Each index takes at least two bytes, a digit and a comma, so a larger count is wrong.
+        if type(n_samples) is not int or not 0 <= n_samples <= self.size // 2:
+            raise ValueError("no sample count, or one the file cannot contain")
         # Both lists go into one array of n_samples indices, with no copy to join parts.
         indices = np.empty(n_samples, dtype=np.int64)
         self.buffer = self.buffer[start.end() :]
@@ -208,6 +218,9 @@ def _parse_ints(text: bytes, out: np.ndarray, position: int) -> int:
     stop = position + len(values)
     if len(values) != text.count(b",") + 1 or stop > len(out):
         raise ValueError("not a list of integers, or more than n_samples of them")
+    # np.fromstring clamps numbers beyond int64 to its limits; the JSON reader then rejects them.
+    if len(values) and (values.max() == np.iinfo(np.int64).max or values.min() == np.iinfo(np.int64).min):
+        raise ValueError("an index beyond int64")
     out[position:stop] = values
     return stop
 

@@ -87,13 +87,17 @@ def read_table(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """
     import pandas as pd
 
+    from stepbystep.data.layout import require_file
+
     folder = Path(folder)
     info = read_info(folder)
     path = folder / TABLE_FILE
+    fix = "rebuild the dataset with `dvc repro`"
+    require_file(path, "table", "run `dvc repro` so the data stages write it")
     try:
         header = pd.read_csv(path, nrows=0).columns.tolist()
-    except FileNotFoundError:
-        raise DataError(f"table not found: {path}. Fix: run `dvc repro` so the data stages write it") from None
+    except (OSError, ValueError) as error:  # pandas' EmptyDataError is a ValueError
+        raise DataError(f"cannot read the header of table {path}: {error}. Fix: {fix}") from None
 
     columns = [*info["features"], info["target"]]
     missing = [name for name in columns if name not in header]
@@ -103,41 +107,59 @@ def read_table(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
             "Fix: correct the column names in the dataset description"
         )
 
-    numeric = columns if info["task"] == "regression" else info["features"]
+    regression = info["task"] == "regression"
+    numeric = columns if regression else info["features"]
     # Labels stay text because dataset.json names the positive class as text.
     # The strings of a chunk are freed with the chunk.
     dtypes = {name: (str if name not in numeric else np.float64) for name in columns}
+    classes = [str(name) for name in info.get("classes", [])]
     # The table is parsed in chunks straight into arrays sized by its line
     # count, an upper bound on its rows, so the parser's own column arrays
     # never add up to a second copy of the data.
-    capacity = max(_count_lines(path) - 1, 0)
+    capacity = _count_lines(path)
     features = np.empty((capacity, len(info["features"])), dtype=np.float64)
-    targets = np.empty(capacity, dtype=np.float64 if info["task"] == "regression" else np.int64)
+    targets = np.empty(capacity, dtype=np.float64 if regression else np.int64)
     n_rows = 0
     try:
         with pd.read_csv(
-            path,
-            usecols=columns,
-            dtype=dtypes,
-            keep_default_na=False,
-            na_values=[],
-            chunksize=_CHUNK_ROWS,
+            path, usecols=columns, dtype=dtypes, keep_default_na=False, na_values=[], chunksize=_CHUNK_ROWS
         ) as chunks:
             for chunk in chunks:
                 stop = n_rows + len(chunk)
+                if stop > len(features):
+                    features, targets = _grow(features, stop), _grow(targets, stop)
                 features[n_rows:stop] = chunk[info["features"]].to_numpy(dtype=np.float64)
                 target = chunk[info["target"]]
-                if info["task"] == "regression":
+                if regression:
                     targets[n_rows:stop] = target.to_numpy(dtype=np.float64)
                 else:
+                    unknown = ~target.isin(classes) if classes else None
+                    if unknown is not None and unknown.any():
+                        raise DataError(
+                            f"{path}: row {n_rows + int(np.argmax(unknown.to_numpy())) + 2} has the label "
+                            f"{target[unknown].iloc[0]!r}, which is not one of the classes {classes} of "
+                            f"{folder / INFO_FILE}. Fix: {fix}"
+                        )
                     targets[n_rows:stop] = (target == str(info["positive_class"])).to_numpy()
                 n_rows = stop
     except ValueError as error:
         raise DataError(
-            f"{path}: a value of the columns {', '.join(numeric)} is not a number ({error}). "
-            "Fix: rebuild the dataset with `dvc repro`"
+            f"{path}: a value of the columns {', '.join(numeric)} is not a number ({error}). Fix: {fix}"
         ) from None
-    return features[:n_rows], targets[:n_rows], info
+
+    features, targets = features[:n_rows], targets[:n_rows]
+    for name, values in (("features", features), ("targets", targets if regression else None)):
+        if values is not None and not np.isfinite(values).all():
+            row = int(np.argmin(np.isfinite(values).reshape(n_rows, -1).all(axis=1)))
+            raise DataError(f"{path}: row {row + 2} has a value that is not finite (inf or nan). Fix: {fix}")
+    return features, targets, info
+
+
+def _grow(array: np.ndarray, size: int) -> np.ndarray:
+    """Return ``array`` copied into a larger one of at least ``size`` rows."""
+    grown = np.empty((max(size, 2 * len(array)), *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 # Rows parsed at a time by read_table.
@@ -145,11 +167,13 @@ _CHUNK_ROWS = 1 << 16
 
 
 def _count_lines(path: Path) -> int:
-    """Return the number of lines of a text file, counting a last line without a newline."""
-    count = 0
-    last = b"\n"
+    """Return an estimate of the lines of a text file from above: its newlines or carriage returns, plus one.
+
+    A file that mixes line endings may have more lines; the reader then grows its arrays.
+    """
+    newlines = returns = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
+            newlines += chunk.count(b"\n")
+            returns += chunk.count(b"\r")
+    return max(newlines, returns) + 1
