@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,10 @@ BIN_DIR = Path(sys.executable).parent
 
 # What a DVC project needs from this repository to run its stages.
 PROJECT_FILES = ["stages", "src", "params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
+
+# Training length of every model in the shared projects of trained_pipeline and reproduced_pipeline.
+SHARED_EPOCHS = 4
+SHARED_CHECKPOINT_EVERY = 2
 
 
 def project_env(**extra: str) -> dict[str, str]:
@@ -75,7 +81,71 @@ def commit_project(root: Path) -> None:
     run(["git", "commit", "-q", "-m", "Initial project"], root)
 
 
+def copy_project(source: Path, destination: Path) -> Path:
+    """Copy the project folder ``source`` to ``destination`` and return it, with its MLflow store moved along.
+
+    MLflow keeps absolute artifact locations in its store, so a plain copy of
+    ``mlflow.db`` would read and write the artifacts of ``source``. In the
+    copy's store, every path under ``source`` names the same path under
+    ``destination``.
+    """
+    shutil.copytree(source, destination, symlinks=True)
+    database = destination / "mlflow.db"
+    if database.exists():
+        move_store_paths(database, source, destination)
+    return destination
+
+
+def move_store_paths(database: Path, old_root: Path, new_root: Path) -> None:
+    """Replace the folder ``old_root`` with ``new_root`` in every path and file URI of an SQLite file's text columns."""
+    old, new = f"{old_root.resolve()}/", f"{new_root.resolve()}/"
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, declared, *_ in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if any(kind in declared.upper() for kind in ("CHAR", "TEXT", "CLOB")):
+                    connection.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (old, new, old),
+                    )
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the pipeline in a temporary git repository with one commit."""
     return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A committed project in which `dvc repro train_regression train_classifier` trained every model of params.yaml.
+
+    Every model trains for ``SHARED_EPOCHS`` epochs with a checkpoint every
+    ``SHARED_CHECKPOINT_EVERY``, logged to the project's MLflow store, with
+    TensorBoard off. Returns the project root and the result of `dvc repro`.
+    Tests only read this project; a test that changes one works on a
+    ``copy_project`` of it.
+    """
+    root = make_project(tmp_path_factory.mktemp("trained_pipeline") / "project", git=False)
+    params_file = root / "params.yaml"
+    set_param(params_file, "tracking.tensorboard", False)
+    classifiers = yaml.safe_load(params_file.read_text())["train_classifier"]
+    for key in ["train_regression", *(f"train_classifier.{name}" for name in classifiers)]:
+        set_param(params_file, f"{key}.epochs", SHARED_EPOCHS)
+        set_param(params_file, f"{key}.checkpoint_every", SHARED_CHECKPOINT_EVERY)
+    commit_project(root)
+    return root, run(["dvc", "repro", "train_regression", "train_classifier"], root)
+
+
+@pytest.fixture(scope="session")
+def reproduced_pipeline(
+    trained_pipeline: tuple[Path, subprocess.CompletedProcess[str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A copy of ``trained_pipeline`` in which `dvc repro` ran the rest of the pipeline, the evaluate stage.
+
+    Returns the project root and the result of `dvc repro`. Tests only read
+    this project; a test that changes one works on a ``copy_project`` of it.
+    """
+    trained, _ = trained_pipeline
+    root = copy_project(trained, tmp_path_factory.mktemp("reproduced_pipeline") / "project")
+    return root, run(["dvc", "repro"], root)

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import commit_project, make_project, run, set_param
+from conftest import copy_project, run
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +29,11 @@ PULLED_PATHS = [
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def shared(reproduced_pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A project that ran `dvc repro`, pushed to a local remote and committed, and a clone that pulled."""
     base = tmp_path_factory.mktemp("dvc_remote")
-    root = make_project(base / "project", git=False)
-    params_file = root / "params.yaml"
-
-    # One classifier and few epochs keep the whole pipeline short.
-    params = yaml.safe_load(params_file.read_text())
-    params["train_classifier"] = {MODEL: params["train_classifier"][MODEL]}
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    set_param(params_file, "tracking.tensorboard", False)
-    set_param(params_file, "train_regression.epochs", 3)
-    set_param(params_file, f"train_classifier.{MODEL}.epochs", 3)
-    commit_project(root)
-
-    run(["dvc", "repro"], root)
+    # A copy of the session's shared project, in which `dvc repro` ran every stage with short training.
+    root = copy_project(reproduced_pipeline[0], base / "project")
     remote = base / "remote"
     run(["dvc", "remote", "add", "--default", "shared", str(remote)], root)
     push = run(["dvc", "push"], root)

@@ -1,10 +1,9 @@
 """The evaluate stage under `dvc repro` in a temporary git repository: reports, DVC plots and metrics, MLflow.
 
-One pipeline run is shared by the tests of this module, which run in file
-order; the last one changes a param. To keep it short, every model trains for
-two epochs, and four of the seven image classifiers are removed from
-params.yaml and from the charts of dvc.yaml, as a user who drops a classifier
-does.
+The tests work on one copy of the session's shared project of
+``reproduced_pipeline``, in which `dvc repro` ran every stage with short
+training and MLflow in the project's SQLite file. They run in file order,
+and the last one changes a param.
 """
 
 from __future__ import annotations
@@ -14,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_project, run, set_param
+from conftest import copy_project, run, set_param
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 2
-REMOVED = ("images_deep_sigmoid", "images_deep_tanh", "images_deep_leaky_relu", "images_deep_prelu")
 CURVE_PLOTS = ("roc_moons", "pr_moons", "roc_images", "pr_images")
 
 
@@ -28,35 +25,13 @@ def ran(output: str, stage: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project in which `dvc repro` ran every stage, with short training and MLflow in the project's SQLite file."""
-    import yaml
-
-    project = make_project(tmp_path_factory.mktemp("evaluate") / "project")
-    params_file = project / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    for name in REMOVED:
-        del params["train_classifier"][name]
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    set_param(params_file, "tracking.tensorboard", False)
-    set_param(params_file, "train_regression.epochs", EPOCHS)
-    for name in params["train_classifier"]:
-        set_param(params_file, f"train_classifier.{name}.epochs", EPOCHS)
-
-    dvc_file = project / "dvc.yaml"
-    pipeline = yaml.safe_load(dvc_file.read_text())
-    for definition in pipeline["plots"]:
-        for props in definition.values():
-            if props and isinstance(props.get("y"), dict):
-                props["y"] = {path: field for path, field in props["y"].items() if Path(path).stem not in REMOVED}
-    dvc_file.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    run(["git", "commit", "-q", "-am", "Train fewer models for two epochs"], project)
-
-    result = run(["dvc", "repro"], project)
+def pipeline(reproduced_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of a project in which `dvc repro` ran every stage, the evaluate stage last."""
+    reproduced, result = reproduced_pipeline
     assert ran(result.stdout, "evaluate"), result.stdout
     assert "is not plotted" not in result.stderr
     assert "did not write" not in result.stderr
-    return project
+    return copy_project(reproduced, tmp_path_factory.mktemp("evaluate") / "project")
 
 
 def model_names(project: Path) -> list[str]:

@@ -1,4 +1,9 @@
-"""The training stages under `dvc repro`, tracked in the project's MLflow store."""
+"""The training stages under `dvc repro`, tracked in the project's MLflow store.
+
+The tests read the session's shared project of ``trained_pipeline``, in
+which every model trained for a few epochs. The test that changes a param
+works on a copy of it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import commit_project, make_project, run, set_param
+from conftest import SHARED_EPOCHS, copy_project, run, set_param
 
 pytestmark = pytest.mark.slow
 
@@ -25,23 +30,13 @@ CLASSIFIERS = [
     "images_deep_prelu",
 ]
 MODELS = ["linear_regression", *CLASSIFIERS]
-EPOCHS = 4
+EPOCHS = SHARED_EPOCHS
 
 
 @pytest.fixture(scope="module")
-def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_project(trained_pipeline) -> Path:
     """A project whose training stages ran once under `dvc repro`, with few epochs to stay quick."""
-    root = make_project(tmp_path_factory.mktemp("training") / "project", git=False)
-    params_file = root / "params.yaml"
-    set_param(params_file, "tracking.tensorboard", False)
-    set_param(params_file, "train_regression.epochs", EPOCHS)
-    set_param(params_file, "train_regression.checkpoint_every", 2)
-    for name in CLASSIFIERS:
-        set_param(params_file, f"train_classifier.{name}.epochs", EPOCHS)
-        set_param(params_file, f"train_classifier.{name}.checkpoint_every", 2)
-    commit_project(root)
-
-    result = run(["dvc", "repro", "train_regression", "train_classifier"], root)
+    root, result = trained_pipeline
     for name in CLASSIFIERS:
         assert f"Running stage 'train_classifier@{name}'" in result.stdout
     return root
@@ -132,17 +127,18 @@ def test_run_id_written_with_model(runs, trained_project: Path) -> None:
         assert info["run_id"] == row["run_id"], name
 
 
-def test_changed_lr_reruns_only_that_model(trained_project: Path) -> None:
-    set_param(trained_project / "params.yaml", "train_classifier.images_deep_relu.lr", 0.05)
+def test_changed_lr_reruns_only_that_model(trained_project: Path, tmp_path: Path) -> None:
+    project = copy_project(trained_project, tmp_path / "project")
+    set_param(project / "params.yaml", "train_classifier.images_deep_relu.lr", 0.05)
 
-    result = run(["dvc", "repro", "train_regression", "train_classifier"], trained_project)
+    result = run(["dvc", "repro", "train_regression", "train_classifier"], project)
 
     assert "Running stage 'train_classifier@images_deep_relu'" in result.stdout
     for name in CLASSIFIERS:
         if name != "images_deep_relu":
             assert f"Running stage 'train_classifier@{name}'" not in result.stdout, name
     assert "Running stage 'train_regression'" not in result.stdout
-    lock = yaml.safe_load((trained_project / "dvc.lock").read_text())
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train_classifier@images_deep_relu"]["params"]["params.yaml"][
         "train_classifier.images_deep_relu"
     ]["lr"] == 0.05
