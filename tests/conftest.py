@@ -110,6 +110,57 @@ def move_store_paths(database: Path, old_root: Path, new_root: Path) -> None:
                     )
 
 
+# pytest-xdist gives each worker whole work units (pytest_xdist_make_scheduler):
+# a module, or all of SHARED_PROJECT_MODULES, which use the session-scoped
+# projects below, so that one worker builds those projects once.
+SHARED_PROJECT_UNIT = "shared pipeline projects"
+SHARED_PROJECT_MODULES = ("test_dvc_remote.py", "test_evaluation_dvc.py", "test_pipeline_training.py")
+# Units of about one to four minutes each on two cores, longest first. Workers start
+# them before the others, so that no long unit starts near the end of the run.
+LONGEST_UNITS = (
+    "test_faults.py",
+    "test_experiments.py",
+    SHARED_PROJECT_UNIT,
+    "test_tracking_server.py",
+    "test_distributed.py",
+    "test_byo_pipeline.py",
+)
+
+
+def work_unit(module: str) -> str:
+    """Return the name of the work unit of the tests in the file ``module``."""
+    name = Path(module).name
+    return SHARED_PROJECT_UNIT if name in SHARED_PROJECT_MODULES else name
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the tests of the longest work units to the front, keeping the order inside each module."""
+
+    def rank(item: pytest.Item) -> int:
+        unit = work_unit(item.path.name)
+        return LONGEST_UNITS.index(unit) if unit in LONGEST_UNITS else len(LONGEST_UNITS)
+
+    items.sort(key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Return xdist's loadscope scheduler with the units of ``work_unit``, each run on one worker in file order.
+
+    With pytest 9.2 and pytest-xdist 3.8, ``--dist loadgroup`` ignores
+    ``xdist_group`` marks, so the units come from this scheduler instead.
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid.split("::", 1)[0])
+
+    return WorkUnitScheduling(config, log)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the pipeline in a temporary git repository with one commit."""
