@@ -72,6 +72,35 @@ def make_project(destination: Path, git: bool = True) -> Path:
     return destination
 
 
+def write_cached_image_folder(folder: Path, pixels: Any, labels: Any) -> None:
+    """Write uint8 ``pixels`` of shape (N, C, H, W) and 0/1 ``labels`` as an imported image folder with its cache."""
+    import json
+
+    import numpy as np
+
+    from stepbystep.data.images import CACHE_FILE, MANIFEST_FILE
+    from stepbystep.data.tables import INFO_FILE
+
+    folder.mkdir(parents=True)
+    np.save(folder / CACHE_FILE, pixels)
+    lines = ["file,class,label"] + [f"c{label}/{index}.png,c{label},{label}" for index, label in enumerate(labels)]
+    (folder / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
+    _, channels, height, width = pixels.shape
+    info = {
+        "kind": "images",
+        "name": folder.name,
+        "task": "binary",
+        "classes": ["c0", "c1"],
+        "positive_class": "c1",
+        "channels": channels,
+        "height": height,
+        "width": width,
+        "n_images": len(labels),
+        "cache": CACHE_FILE,
+    }
+    (folder / INFO_FILE).write_text(json.dumps(info))
+
+
 def commit_project(root: Path) -> None:
     """Make ``root`` a git repository whose first commit contains every file there."""
     run(["git", "init", "-q", "-b", "main"], root)

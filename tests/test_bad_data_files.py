@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_cached_image_folder
 from stepbystep.data.images import CACHE_FILE, MANIFEST_FILE, read_image_folder
 from stepbystep.data.loading import load_split_data
 from stepbystep.data.splits import read_split_indices
-from stepbystep.data.tables import INFO_FILE, TableInfo, read_table, write_table
+from stepbystep.data.tables import TableInfo, read_table, write_table
 from stepbystep.errors import DataError
 
 MOONS_INFO = TableInfo(
@@ -38,23 +39,7 @@ def write_split_file(path: Path, train: list[int], val: list[int], n_samples: in
 
 
 def write_image_cache(folder: Path, labels: list[int]) -> None:
-    folder.mkdir(parents=True)
-    np.save(folder / CACHE_FILE, np.zeros((len(labels), 1, 4, 4), dtype=np.uint8))
-    lines = ["file,class,label"] + [f"c{label}/{index}.png,c{label},{label}" for index, label in enumerate(labels)]
-    (folder / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
-    info = {
-        "kind": "images",
-        "name": folder.name,
-        "task": "binary",
-        "classes": ["c0", "c1"],
-        "positive_class": "c1",
-        "channels": 1,
-        "height": 4,
-        "width": 4,
-        "n_images": len(labels),
-        "cache": CACHE_FILE,
-    }
-    (folder / INFO_FILE).write_text(json.dumps(info))
+    write_cached_image_folder(folder, np.zeros((len(labels), 1, 4, 4), dtype=np.uint8), labels)
 
 
 # --- split files ---------------------------------------------------------------

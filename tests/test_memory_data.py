@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import write_cached_image_folder
 from stepbystep.data import preprocessing as preprocessing_module
 from stepbystep.data import splits as splits_module
 from stepbystep.data import tables as tables_module
-from stepbystep.data.images import CACHE_FILE, MANIFEST_FILE
 from stepbystep.data.loading import PreprocessedRows, load_split_data, make_loaders
 from stepbystep.data.preprocessing import Preprocessing
 from stepbystep.data.splits import read_split, read_split_indices, write_split
-from stepbystep.data.tables import INFO_FILE, TableInfo, read_table, write_table
+from stepbystep.data.tables import TableInfo, read_table, write_table
 from stepbystep.errors import DataError
 from stepbystep.params import NormalizationParams, SplitParams
 from stepbystep.data.samplers import make_balanced_sampler
@@ -28,26 +27,10 @@ SPLIT_PARAMS = SplitParams(method="random_split", train_fraction=0.8, val_fracti
 
 def write_image_cache(folder: Path, n_images: int, channels: int = 1, side: int = 6) -> np.ndarray:
     """Write an imported image folder with random pixels and return the pixels."""
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(5)
     pixels = rng.integers(0, 256, size=(n_images, channels, side, side), dtype=np.uint8)
     labels = (rng.random(n_images) < 0.3).astype(np.int64)
-    np.save(folder / CACHE_FILE, pixels)
-    lines = ["file,class,label"] + [f"c{label}/{index}.png,c{label},{label}" for index, label in enumerate(labels)]
-    (folder / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
-    info = {
-        "kind": "images",
-        "name": folder.name,
-        "task": "binary",
-        "classes": ["c0", "c1"],
-        "positive_class": "c1",
-        "channels": channels,
-        "height": side,
-        "width": side,
-        "n_images": n_images,
-        "cache": CACHE_FILE,
-    }
-    (folder / INFO_FILE).write_text(json.dumps(info))
+    write_cached_image_folder(folder, pixels, labels)
     return pixels
 
 
