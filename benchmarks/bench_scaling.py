@@ -82,11 +82,11 @@ class AnonymousPeak:
         while not self._stop.wait(self.interval):
             self.peak_kib = max(self.peak_kib, memory_kib("RssAnon"))
 
-    def __enter__(self) -> AnonymousPeak:
+    def start(self) -> AnonymousPeak:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
         self.peak_kib = max(self.peak_kib, memory_kib("RssAnon"))
@@ -194,7 +194,7 @@ def measure(kind: str, folder: Path, split_file: Path, epochs: int) -> dict[str,
 
     baseline_kib = memory_kib("VmRSS")
     anonymous_baseline_kib = memory_kib("RssAnon")
-    anonymous = AnonymousPeak().__enter__()
+    anonymous = AnonymousPeak().start()
     start = time.perf_counter()
     data = load_split_data(folder, split_file)
     if kind == "regression":
@@ -240,7 +240,7 @@ def measure(kind: str, folder: Path, split_file: Path, epochs: int) -> dict[str,
         epoch_seconds.append(time.perf_counter() - start)
         epoch_cpu_seconds.append(time.process_time() - cpu_start)
 
-    anonymous.__exit__(None, None, None)
+    anonymous.stop()
     return {
         "load_s": load_seconds,
         "epoch_s": statistics.median(epoch_seconds),

@@ -18,8 +18,8 @@ def dataset_dir(name: str) -> Path:
     return DATA_DIR / name
 
 
-def require_file(path: Path, what: str, fix: str) -> None:
-    """Raise :class:`DataError` unless ``path`` is a regular file.
+def require_file(path: Path, description: str, fix: str) -> None:
+    """Raise :class:`DataError` unless ``path`` is a regular file; ``description`` names it in the message.
 
     A folder, a FIFO or a device in place of a data file would otherwise
     fail with an OS error deep in a reader, or block it forever.
@@ -27,11 +27,11 @@ def require_file(path: Path, what: str, fix: str) -> None:
     try:
         mode = Path(path).stat().st_mode
     except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}. Fix: {fix}") from None
+        raise DataError(f"{description} not found: {path}. Fix: {fix}") from None
     except OSError as error:
-        raise DataError(f"cannot read {what} {path}: {error.strerror}. Fix: {fix}") from None
+        raise DataError(f"cannot read {description} {path}: {error.strerror}. Fix: {fix}") from None
     if not stat.S_ISREG(mode):
-        raise DataError(f"{what} {path} is not a regular file. Fix: {fix}")
+        raise DataError(f"{description} {path} is not a regular file. Fix: {fix}")
 
 
 def split_path(name: str) -> Path:

@@ -148,10 +148,12 @@ def read_table(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         ) from None
 
     features, targets = features[:n_rows], targets[:n_rows]
-    for name, values in (("features", features), ("targets", targets if regression else None)):
-        if values is not None and not np.isfinite(values).all():
-            row = int(np.argmin(np.isfinite(values).reshape(n_rows, -1).all(axis=1)))
-            raise DataError(f"{path}: row {row + 2} has a value that is not finite (inf or nan). Fix: {fix}")
+    finite = np.isfinite(features).all(axis=1)
+    if regression:
+        finite &= np.isfinite(targets)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise DataError(f"{path}: row {row + 2} has a value that is not finite (inf or nan). Fix: {fix}")
     return features, targets, info
 
 
